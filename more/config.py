@@ -1,0 +1,106 @@
+"""MoReConfig: the PEFT configuration of a MoRe adapter."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+
+# PEFT's PeftType enum is closed in peft 0.21; a plain string key works in its mapping tables.
+MORE_PEFT_TYPE = "MORE"
+
+INIT_CHOICES = ("paper", "random")
+KERNEL_CHOICES = ("auto", "bmm", "reference")
+
+# The paper adapts the attention's query, key and value projections.
+TRANSFORMERS_MODELS_TO_MORE_TARGET_MODULES = {
+    "llama": ["q_proj", "k_proj", "v_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj"],
+    "mixtral": ["q_proj", "k_proj", "v_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj"],
+    "gemma3_text": ["q_proj", "k_proj", "v_proj"],
+    "roberta": ["query", "key", "value"],
+    "bert": ["query", "key", "value"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj"],
+    "gpt2": ["c_attn"],
+}
+
+
+@dataclass
+class MoReConfig(PeftConfig):
+    """Configuration of a MoRe (Monarch Rectangular) adapter, Tan et al. 2024 (arXiv 2408.17383).
+
+    Each adapted linear layer W (out x in) gains delta(x) = P2 . BD2 . P1 . BD1 . pad(x): two
+    block-diagonal factors with `nblocks` blocks joined by a stride permutation. A layer gets about
+    blk_r * (in + out) trainable parameters, like a LoRA of rank blk_r, while its update can reach
+    rank nblocks * blk_r. There is no alpha: the update is added unscaled.
+
+    Give exactly one of `nblocks` (the paper uses 4) or `blk_sz` (input block size; then
+    nblocks = ceil(in / blk_sz) per layer).
+    """
+
+    nblocks: Optional[int] = field(default=None, metadata={"help": "Number of blocks k in each factor."})
+    blk_sz: Optional[int] = field(
+        default=None, metadata={"help": "Input block size; nblocks = ceil(in_features / blk_sz). Excludes nblocks."}
+    )
+    blk_r: int = field(default=4, metadata={"help": "Rank of each block: the first factor maps each block to blk_r."})
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None,
+        metadata={"help": "Module names or a regex to adapt; None picks q, k, v for known architectures."},
+    )
+    exclude_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Module names or a regex to leave alone."}
+    )
+    layers_to_transform: Optional[Union[list[int], int]] = field(
+        default=None, metadata={"help": "Only adapt these layer indices."}
+    )
+    layers_pattern: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Name of the layer list, when layers_to_transform is given and not inferred."}
+    )
+    modules_to_save: Optional[list[str]] = field(
+        default=None, metadata={"help": "Extra modules to train and save in full, e.g. a new classifier head."}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
+    init: Literal["paper", "random"] = field(
+        default="paper",
+        metadata={
+            "help": "'paper': w1 Kaiming-uniform per block, w2 zero (the adapter starts at delta = 0); "
+            "'random': both factors Kaiming-uniform (a non-zero start, for tests and projections)."
+        },
+    )
+    kernel: Literal["auto", "bmm", "reference"] = field(
+        default="auto",
+        metadata={"help": "How the Monarch product runs: 'auto' (the fastest for the device), 'bmm' (the fast path), "
+                  "'reference' (dense block_diag and permutation matrices; slow, for checking)."},
+    )
+    bias: str = field(default="none", metadata={"help": "MoRe trains no biases; only 'none' is supported."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.peft_type = MORE_PEFT_TYPE
+        if (self.nblocks is None) == (self.blk_sz is None):
+            raise ValueError(
+                f"MoReConfig needs exactly one of nblocks or blk_sz, got nblocks={self.nblocks}, "
+                f"blk_sz={self.blk_sz}. Give nblocks (the paper uses 4) or blk_sz, not both."
+            )
+        for name in ("nblocks", "blk_sz", "blk_r"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"MoReConfig: {name} must be an integer >= 1, got {name}={value!r}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"MoReConfig: dropout must be in [0, 1), got dropout={self.dropout}.")
+        if self.init not in INIT_CHOICES:
+            raise ValueError(f"MoReConfig: init must be one of {INIT_CHOICES}, got init={self.init!r}.")
+        if self.kernel not in KERNEL_CHOICES:
+            raise ValueError(f"MoReConfig: kernel must be one of {KERNEL_CHOICES}, got kernel={self.kernel!r}.")
+        if self.bias != "none":
+            raise ValueError(f"MoReConfig: bias must be 'none' (MoRe trains no biases), got bias={self.bias!r}.")
+        for name in ("target_modules", "exclude_modules"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                setattr(self, name, set(value))
+        if isinstance(self.layers_to_transform, int):
+            self.layers_to_transform = [self.layers_to_transform]
