@@ -19,7 +19,7 @@ SHAPES = [
     (64, 96, 16, 2),
     (91, 36, 16, 3),
 ]
-LEADING = [(6,), (2, 3), (2, 1, 3)]
+LEADING = [(), (6,), (2, 3), (2, 1, 3)]
 
 
 @pytest.fixture(params=["expanded", "blocks"])
