@@ -1,0 +1,108 @@
+"""Adapter specs: "more:nblocks=4,blk_r=4", "lora:r=8,alpha=16", or any PEFT method by name.
+
+A spec is a method name plus fields of that method's PEFT config. It turns into the PeftConfig
+(`AdapterSpec.peft_config`) and into closed-form trainable-parameter counts, computed before
+anything is built, so studies can plan and match parameters.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+
+from peft import mapping
+
+import more  # noqa: F401  (registers "more" with PEFT)
+from more.shapes import lora_params, monarch_shape
+
+# Short names users type, mapped to the config field they mean.
+ALIASES = {"lora": {"alpha": "lora_alpha", "dropout": "lora_dropout"}}
+
+
+def known_methods() -> list[str]:
+    return sorted(str(getattr(key, "value", key)).lower() for key in mapping.PEFT_TYPE_TO_CONFIG_MAPPING)
+
+
+def config_class(method: str):
+    for key, cls in mapping.PEFT_TYPE_TO_CONFIG_MAPPING.items():
+        if str(getattr(key, "value", key)).lower() == method:
+            return cls
+    suggestion = difflib.get_close_matches(method, known_methods(), n=1)
+    hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
+    raise ValueError(f"Unknown adapter {method!r}.{hint} Known adapters: {', '.join(known_methods())}.")
+
+
+def _parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a bare word, e.g. init=paper
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    method: str
+    params: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "AdapterSpec":
+        """'more:nblocks=4,blk_r=4' -> AdapterSpec('more', {'nblocks': 4, 'blk_r': 4})."""
+        method, _, rest = text.strip().partition(":")
+        params = {}
+        for item in filter(None, (part.strip() for part in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"Adapter {text!r}: {item!r} is not key=value. Write e.g. 'lora:r=8,alpha=16'.")
+            params[key.strip()] = _parse_value(value.strip())
+        return cls.make(method.strip().lower(), params)
+
+    @classmethod
+    def make(cls, method: str, params: dict) -> "AdapterSpec":
+        """Validates the method and its fields; applies aliases and the harness's defaults."""
+        config_cls = config_class(method)
+        aliases = ALIASES.get(method, {})
+        params = {aliases.get(k, k): v for k, v in params.items()}
+        fields = {f.name for f in dataclasses.fields(config_cls)}
+        for key in params:
+            if key not in fields:
+                suggestion = difflib.get_close_matches(key, sorted(fields) + sorted(aliases), n=1)
+                hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
+                raise ValueError(f"Adapter {method!r} has no parameter {key!r}.{hint}")
+        if method == "lora":
+            params.setdefault("r", 8)
+            params.setdefault("lora_alpha", 2 * params["r"])  # scaling alpha/r = 2 at every rank
+        if method == "more" and "blk_sz" not in params:
+            params.setdefault("nblocks", 4)
+        return cls(method, dict(sorted(params.items())))
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}(" + ",".join(f"{k}={v}" for k, v in self.params.items()) + ")"
+
+    def peft_config(self, target_modules=None, modules_to_save=None, task_type=None):
+        params = dict(self.params)
+        if target_modules is not None:
+            params["target_modules"] = list(target_modules)
+        if modules_to_save is not None:
+            params["modules_to_save"] = list(modules_to_save)
+        if task_type is not None:
+            params["task_type"] = task_type
+        return config_class(self.method)(**params)
+
+    def closed_form_params(self, layers: list[tuple[int, int]]) -> int | None:
+        """Trainable parameters on linear layers of these (in, out) sizes; None where no closed form is known."""
+        if self.method == "more":
+            return sum(
+                monarch_shape(i, o, self.params.get("blk_r", 4), self.params.get("nblocks"), self.params.get("blk_sz")).trainable_params
+                for i, o in layers
+            )
+        if self.method == "lora":
+            return sum(lora_params(i, o, self.params["r"]) for i, o in layers)
+        return None
+
+    def closed_form_forward_flops(self, layers: list[tuple[int, int]], tokens: int) -> int | None:
+        """Forward FLOPs of the adapter's own products (a multiply-add counts 2)."""
+        params = self.closed_form_params(layers)
+        return None if params is None else 2 * tokens * params
+

@@ -1,0 +1,35 @@
+"""One measurement per row: the tidy vocabulary shared by every part of the harness."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """metric, value, unit; `step` is None for a final value; `scope` names a module ("" = whole model).
+
+    A value that could not be measured is NaN with the reason in `note`, never a zero.
+    """
+
+    metric: str
+    value: float
+    unit: str
+    step: int | None = None
+    scope: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def not_measured(metric: str, unit: str, reason: str, scope: str = "") -> Measurement:
+    return Measurement(metric, math.nan, unit, scope=scope, note=f"not measured: {reason}")
+
+
+def value_of(rows: list[Measurement], metric: str, scope: str = "") -> float:
+    """The value of one metric in a list of rows (KeyError if absent)."""
+    for row in rows:
+        if row.metric == metric and row.scope == scope and row.step is None:
+            return row.value
+    raise KeyError(f"no measurement {metric!r} (scope {scope!r})")
