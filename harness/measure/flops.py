@@ -17,7 +17,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .params import adapted_modules
+from .params import adapted_modules, strip_peft_prefix
 from .records import Measurement
 
 
@@ -63,12 +63,9 @@ def _monarch_macs(inputs, outputs) -> int:
     return _tokens(x) * k * r * (p + w2[1])
 
 
-def normalise_module_name(name: str) -> str:
-    """Module paths of either counter, relative to the base model."""
-    for prefix in ("model.base_model.model.", "model."):
-        if name.startswith(prefix):
-            return name[len(prefix):]
-    return name
+def fvcore_module_name(name: str) -> str:
+    """fvcore's module path (under TraceableModel's `model`) relative to the base model."""
+    return strip_peft_prefix(name.removeprefix("model."))
 
 
 def _adapter_rows(per_module: dict[str, float], model: nn.Module, metric: str) -> list[Measurement]:
@@ -89,7 +86,7 @@ def fvcore_forward_flops(model: nn.Module, input_ids: torch.Tensor, attention_ma
         .unsupported_ops_warnings(False)
         .uncalled_modules_warnings(False)
     )
-    per_module = {normalise_module_name(k): 2 * v for k, v in analysis.by_module().items()}
+    per_module = {fvcore_module_name(k): 2 * v for k, v in analysis.by_module().items()}
     rows = [Measurement("flops_forward_fvcore", 2 * analysis.total(), "flops")]
     rows += _adapter_rows(per_module, model, "adapter_flops_forward_fvcore")
     for op, calls in sorted(analysis.unsupported_ops().items()):
@@ -119,7 +116,7 @@ def counter_flops(model: nn.Module, run: Callable[[], torch.Tensor], train: bool
             continue
         # FlopCounterMode names modules "<RootClass>.<path>"; drop the root class
         path = name.split(".", 1)[1] if "." in name else ""
-        per_module[normalise_module_name(path.removeprefix("base_model.model."))] = sum(ops.values())
+        per_module[strip_peft_prefix(path)] = sum(ops.values())
     rows = [Measurement("flops_forward", counter.get_total_flops(), "flops")]
     rows += _adapter_rows(per_module, model, "adapter_flops_forward")
     return rows

@@ -58,18 +58,19 @@ def trainable_state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | N
 
 
 def saved_activation_bytes(model: nn.Module, run: Callable[[], torch.Tensor]) -> int:
-    """Bytes autograd keeps for the backward pass of `run()`: each storage once, parameters excluded
-    (they are the weights). On the meta device storages have no address, so each saved tensor counts."""
-    param_storages = {p.untyped_storage().data_ptr() for p in model.parameters() if p.device.type != "meta"}
+    """Bytes autograd keeps for the backward pass of `run()`: each storage once (views share one),
+    parameters excluded (they are the weights). Works on the meta device too."""
+
+    def storage_key(t):  # the C++ storage object: one per storage, also for meta tensors with no address
+        return t.untyped_storage()._cdata
+
+    param_storages = {storage_key(p) for p in model.parameters()}
     saved = {}
 
     def pack(t):
-        if t.device.type == "meta":
-            saved[id(t)] = tensor_bytes(t)
-        else:
-            storage = t.untyped_storage()
-            if storage.data_ptr() not in param_storages:
-                saved[(storage.data_ptr(), str(t.device))] = storage.nbytes()
+        key = storage_key(t)
+        if key not in param_storages:
+            saved[key] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

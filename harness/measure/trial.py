@@ -6,6 +6,7 @@ head the model's trials use (sequence classification for encoders, causal LM for
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -37,7 +38,9 @@ def synthetic_batch(model: nn.Module, batch: int, seq_len: int, head: str, devic
     config = model.config
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(5, config.vocab_size, (batch, seq_len), generator=generator)
-    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    inputs = {"input_ids": input_ids}
+    if device.type != "meta":  # on meta, mask checks that read values (.item()) cannot run; all-ones is the default
+        inputs["attention_mask"] = torch.ones_like(input_ids)
     if head == "causal_lm":
         inputs["labels"] = input_ids.clone()
     elif head == "sequence_classification":
@@ -70,6 +73,24 @@ def apply_adapter(model: nn.Module, spec: AdapterSpec | None, head: str, target_
     return peft.get_peft_model(model, spec.peft_config(target_modules=target_modules, task_type=task_type))
 
 
+def prepare_model(model_name: str, adapter: AdapterSpec | None, device: str = "cpu", head: str | None = None,
+                  target_modules=None, num_labels: int | None = None):
+    """Loads a model with its head and puts the adapter on it: (model, tokenizer, info)."""
+    from ..models import MODELS, load_model
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for, but no CUDA device is available here. Use device cpu.")
+    entry = MODELS.get(model_name)
+    if head is None and entry is not None:
+        head = "causal_lm" if entry.architecture == "decoder" else "sequence_classification"
+    if head == "sequence_classification" and num_labels is None:
+        num_labels = 2
+    model, tokenizer, info = load_model(model_name, head=head, num_labels=num_labels,
+                                        device=None if model_name.endswith("@paper") and dev.type == "cpu" else device)
+    return apply_adapter(model, adapter, info.head, target_modules), tokenizer, info
+
+
 def measure_trial(
     model_name: str,
     adapter: AdapterSpec | None,
@@ -88,27 +109,46 @@ def measure_trial(
     unknown = what - set(ALL_MEASUREMENTS)
     if unknown:
         raise ValueError(f"Unknown measurement(s) {sorted(unknown)}; choose from {', '.join(ALL_MEASUREMENTS)}.")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but no CUDA device is available here. Use --device cpu.")
     if threads is not None:
         torch.set_num_threads(threads)
-
-    from ..models import load_model
-
     started = time.perf_counter()
-    model, _tokenizer, info = load_model(model_name, head=head, device=device)
-    head = info.head
-    model = apply_adapter(model, adapter, head, target_modules)
-    on_meta = next(model.parameters()).device.type == "meta"
-    inputs = synthetic_batch(model, batch, seq_len, head, dev if not on_meta else torch.device("meta"))
+    model, _tokenizer, info = prepare_model(model_name, adapter, device, head, target_modules)
+    load_seconds = time.perf_counter() - started
+    rows = measure_model(model, adapter is not None, seq_len, batch, what, repeats, warmup, lr, info.head)
+    record = {
+        "model": model_name,
+        "model_info": dataclasses.asdict(info),
+        "adapter": adapter.label if adapter else None,
+        "head": info.head,
+        "seq_len": seq_len,
+        "batch": batch,
+        "device": device_of(model),
+        "repeats": repeats,
+        "warmup": warmup,
+        "load_seconds": load_seconds,
+        "allocator": memory.allocator_settings(),
+        "env": env.fingerprint(),
+    }
+    return TrialMeasurement(rows, record)
+
+
+def device_of(model: nn.Module) -> str:
+    return str(next(model.parameters()).device)
+
+
+def measure_model(model: nn.Module, has_adapter: bool, seq_len: int, batch: int, what, repeats: int = 10,
+                  warmup: int = 2, lr: float = 1e-4, head: str = "causal_lm") -> list[Measurement]:
+    """The measurements of a prepared model on a synthetic batch, in an order that keeps memory clean:
+    parameters, then memory (the step's peak over the post-load baseline), time, and FLOPs last."""
+    on_meta = device_of(model) == "meta"
+    dev = torch.device(device_of(model))
+    inputs = synthetic_batch(model, batch, seq_len, head, dev)
     tokens = batch * seq_len
     rows: list[Measurement] = [Measurement("tokens_per_batch", tokens, "tokens")]
-    load_seconds = time.perf_counter() - started
 
     if "params" in what:
         rows += params.parameter_counts(model)
-        rows.append(params.adapter_file_bytes(model) if adapter is not None else
+        rows.append(params.adapter_file_bytes(model) if has_adapter else
                     not_measured("adapter_file_bytes", "bytes", "no adapter"))
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -123,38 +163,22 @@ def measure_trial(
         model.train()
         activations = memory.saved_activation_bytes(model, lambda: loss_of(model, inputs))
         rows += memory.analytic_estimate(model, activations)
-        if on_meta:
-            rows += [not_measured(m, "bytes", "meta device: no memory to measure") for m in ("peak_rss_bytes", *sorted(CUDA_ONLY))]
+        if on_meta or optimizer is None:
+            reason = "meta device: no memory to measure" if on_meta else "nothing trainable"
+            rows += [not_measured(m, "bytes", reason) for m in ("peak_rss_bytes", *sorted(CUDA_ONLY))]
         else:
             rows += memory.measure_step_memory(step, dev)
             rows.append(Measurement("trainable_state_bytes", memory.trainable_state_bytes(model, optimizer), "bytes"))
 
     if "time" in what:
-        if on_meta:
-            rows.append(not_measured("time_step_s", "s", "meta device: nothing runs"))
+        if on_meta or optimizer is None:
+            rows.append(not_measured("time_step_s", "s", "meta device: nothing runs" if on_meta else "nothing trainable"))
         else:
             rows += _time_step(model, inputs, optimizer, dev, warmup, repeats, tokens)
 
     if "flops" in what:
         rows += _count_flops(model, inputs, on_meta)
-
-    record = {
-        "model": model_name,
-        "model_info": info.as_dict(),
-        "adapter": adapter.label if adapter else None,
-        "adapter_method": adapter.method if adapter else None,
-        "adapter_params": adapter.params if adapter else None,
-        "head": head,
-        "seq_len": seq_len,
-        "batch": batch,
-        "device": str(dev) if not on_meta else "meta",
-        "repeats": repeats,
-        "warmup": warmup,
-        "load_seconds": load_seconds,
-        "allocator": memory.allocator_settings(),
-        "env": env.fingerprint(),
-    }
-    return TrialMeasurement(rows, record)
+    return rows
 
 
 def _time_step(model, inputs, optimizer, dev, warmup, repeats, tokens) -> list[Measurement]:

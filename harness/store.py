@@ -1,0 +1,123 @@
+"""Tidy results of a study, under results/<study>/:
+
+- records/<trial_id>.json: one JSON record per trial, the source of truth (config, status, error,
+  environment fingerprint, every measurement);
+- trials.csv: one row per trial, config columns plus status;
+- metrics.csv: one row per measurement: trial_id, metric, value, unit, step (empty for a final
+  value), scope (a module name, empty for the whole model), note.
+
+Only the driver writes. Every file is written to a temporary name and renamed into place, so a
+kill at any moment leaves readable files; the two CSVs are rebuilt from the records, so they can
+hold neither a duplicated nor a lost row.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
+LEADING_TRIAL_COLUMNS = ["trial_id", "study", "status", "model", "task", "adapter", "label"]
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Store:
+    def __init__(self, study: str, results_dir: Path | str | None = None):
+        self.study = study
+        self.root = Path(results_dir or RESULTS_DIR) / study
+        self.records_dir = self.root / "records"
+
+    # -- reading --
+    def records(self) -> dict[str, dict]:
+        out = {}
+        if self.records_dir.exists():
+            for path in sorted(self.records_dir.glob("*.json")):
+                try:
+                    record = json.loads(path.read_text())
+                except json.JSONDecodeError:
+                    continue  # cannot happen with atomic writes; skip rather than crash a resume
+                out[record["trial_id"]] = record
+        return out
+
+    def status(self) -> dict[str, str]:
+        return {trial_id: r["status"] for trial_id, r in self.records().items()}
+
+    # -- writing (driver only) --
+    def write(self, record: dict) -> None:
+        write_atomically(self.records_dir / f"{record['trial_id']}.json", json.dumps(record, indent=1, default=str))
+        self.rebuild_tables()
+
+    def rebuild_tables(self) -> None:
+        records = list(self.records().values())
+        write_atomically(self.root / "trials.csv", trials_frame(records).to_csv(index=False))
+        write_atomically(self.root / "metrics.csv", metrics_frame(records).to_csv(index=False))
+
+    def move_aside(self) -> Path | None:
+        """--fresh: the old results move to <study>.old-<time>; nothing is deleted."""
+        if not self.root.exists():
+            return None
+        target = self.root.with_name(f"{self.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.move(str(self.root), str(target))
+        return target
+
+
+def trial_row(record: dict) -> dict:
+    config = dict(record["config"])
+    params = config.pop("adapter_params", None) or {}
+    row = {"trial_id": record["trial_id"], "study": record["study"], "status": record["status"]}
+    for key, value in config.items():
+        row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
+    row.update(params)  # nblocks, blk_r, r, lora_alpha, ... as their own columns
+    row.update({
+        "error_type": record.get("error_type"), "error": record.get("error"),
+        "device": record.get("device"), "git_commit": (record.get("env") or {}).get("git_commit"),
+        "duration_s": record.get("duration_s"),
+    })
+    return row
+
+
+def trials_frame(records: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame([trial_row(r) for r in records])
+    if frame.empty:
+        return pd.DataFrame(columns=LEADING_TRIAL_COLUMNS)
+    leading = [c for c in LEADING_TRIAL_COLUMNS if c in frame]
+    return frame[leading + [c for c in frame.columns if c not in leading]]
+
+
+def metrics_frame(records: list[dict]) -> pd.DataFrame:
+    rows = [{"trial_id": r["trial_id"], **m} for r in records for m in r.get("rows", [])]
+    frame = pd.DataFrame(rows, columns=METRIC_COLUMNS)
+    frame["step"] = frame["step"].astype("Int64")
+    return frame
+
+
+def load(study: str, results_dir: Path | str | None = None) -> pd.DataFrame:
+    """The study's measurements joined with its trials' config columns: one row per measurement."""
+    root = Path(results_dir or RESULTS_DIR) / study
+    if not (root / "trials.csv").exists():
+        raise FileNotFoundError(f"No results for study {study!r} under {root}. Run `python -m harness run {study}` first.")
+    trials = pd.read_csv(root / "trials.csv")
+    metrics = pd.read_csv(root / "metrics.csv", dtype={"scope": str, "note": str})
+    metrics["scope"] = metrics["scope"].fillna("")
+    metrics["note"] = metrics["note"].fillna("")
+    return metrics.merge(trials, on="trial_id", how="left")
