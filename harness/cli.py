@@ -59,6 +59,79 @@ def cmd_measure(args) -> int:
     return 0
 
 
+def default_profile() -> str:
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def load_for_run(study_name: str, profile: str):
+    from .layers import layer_dims
+    from .spec import load_study
+
+    return load_study(study_name, profile=profile, layer_dims=layer_dims)
+
+
+def dry_run_table(trials) -> str:
+    from .layers import layer_dims
+
+    lines = [f"{'trial_id':<16}  {'model':<20} {'task':<10} {'adapter':<30} {'seq x batch':>11} {'lr':>8} {'seed':>4} "
+             f"{'trainable (closed form)':>24}"]
+    for t in trials:
+        c = t.config
+        spec = t.adapter
+        count = spec.closed_form_params(layer_dims(c["model"], c.get("target_modules"))) if spec else 0
+        label = spec.label if spec else "none"
+        shape = f"{c.get('seq_len', '-')} x {c.get('batch', '-')}"
+        lines.append(f"{t.id:<16}  {c['model']:<20} {str(c.get('task') or '-'):<10} {label:<30} {shape:>11} {str(c.get('lr')):>8} "
+                     f"{c.get('seed', 0):>4} {('-' if count is None else f'{count:,}'):>24}")
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from .executors import make_executor
+    from .runner import run_study, select
+    from .store import Store
+
+    profile = args.profile or default_profile()
+    study = load_for_run(args.study, profile)
+    trials = select(study.trials, args.only)
+    if args.dry_run:
+        print(f"study {study.name} ({study.path}), profile {profile}: {len(trials)} trials")
+        print(dry_run_table(trials))
+        return 0
+    store = Store(study.name, args.results_dir)
+    if args.fresh:
+        moved = store.move_aside()
+        if moved:
+            print(f"previous results moved to {moved}")
+    counts = run_study(study, trials, make_executor(args.executor, args.jobs, args.address), store, args.retry_failed)
+    return 0 if counts["failed"] == 0 else 1
+
+
+def cmd_list(args) -> int:
+    from .adapters import known_methods
+    from .models import MODELS
+    from .spec import STUDIES_DIR, study_path
+    from .tasks import TASKS
+
+    import yaml
+
+    print("studies:")
+    for path in sorted(STUDIES_DIR.glob("*.yaml")):
+        raw = yaml.safe_load(study_path(path.stem).read_text())
+        print(f"  {path.stem:<18} {raw.get('description', '').strip().splitlines()[0] if raw.get('description') else ''}")
+    print("models:")
+    for name, entry in MODELS.items():
+        print(f"  {name:<18} {entry.description}")
+    print("  (or any Hugging Face hub id owner/name, or a local folder)")
+    print("tasks:")
+    print("  " + ", ".join(TASKS))
+    print("adapters:")
+    print("  " + ", ".join(known_methods()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +151,22 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--per-module", action="store_true", help="also print per-module rows")
     m.add_argument("--json", action="store_true", help="print the records as JSON")
     m.set_defaults(func=cmd_measure)
+
+    r = sub.add_parser("run", help="run a study (resumes by default)")
+    r.add_argument("study", help="a study name from studies/ or a path to a .yaml file")
+    r.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
+    r.add_argument("--profile", default=None, help="budget profile (default: gpu when CUDA is available, else cpu)")
+    r.add_argument("--executor", default="local", choices=["local", "ray"])
+    r.add_argument("--jobs", type=int, default=1, help="trials at a time (local), or CPUs for a local Ray instance")
+    r.add_argument("--address", default=None, help="Ray cluster address: auto or ray://host:port")
+    r.add_argument("--only", action="append", default=None, metavar="KEY=VALUE", help="run only matching trials")
+    r.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")
+    r.add_argument("--fresh", action="store_true", help="start over; old results are moved aside, never deleted")
+    r.add_argument("--results-dir", default=None, help="write somewhere other than results/")
+    r.set_defaults(func=cmd_run)
+
+    li = sub.add_parser("list", help="list studies, models, tasks and adapters")
+    li.set_defaults(func=cmd_list)
     return parser
 
 

@@ -34,7 +34,7 @@ ADAPTER_KEYS = {"method": str, "axes": dict, "zip": dict, "where": list, "lr": l
 PROFILE_KEYS = {"steps": int, "batch": int, "seq_len": int, "eval_every": int, "eval_examples": int,
                 "train_examples": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": float,
                 "seeds": list, "repeats": int, "timeout_s": int, "memory_limit_gb": float, "device": str,
-                "dtype": str, "threads": int, "lr_scale": float}
+                "dtype": str, "threads": int, "shapes": list}
 
 
 class StudyError(ValueError):
@@ -182,7 +182,9 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_dims=None) -> Stud
     _check_tasks(path, tasks)
     _check_models(path, raw["models"])
     seeds = budget.pop("seeds", None) or raw.get("seeds", [0])
-    shapes = raw.get("shapes") or [{}]
+    shapes = budget.pop("shapes", None) or raw.get("shapes") or [{}]
+    for i, shape in enumerate(shapes):
+        _check_keys(path, f"shapes[{i}]", shape, PROFILE_KEYS)
     adapter_points = _adapter_points(path, raw["adapters"])
 
     trials = []

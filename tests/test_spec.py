@@ -1,0 +1,118 @@
+"""Study files: expansion, filters, zip groups, parameter matching, stable ids, and every kind of bad file."""
+import pytest
+
+from harness.layers import layer_dims
+from harness.spec import StudyError, Trial, load_study
+
+BASE = """
+name: grid
+models: [minilm]
+adapters:
+{adapters}
+profiles:
+  cpu: {{steps: 10, batch: 2, seq_len: 16}}
+  gpu: {{steps: 1000, batch: 32, seq_len: 256, seeds: [0, 1, 2]}}
+"""
+
+
+def study_file(tmp_path, adapters: str = "", text: str | None = None, name="grid"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text if text is not None else BASE.format(adapters=adapters))
+    return str(path)
+
+
+def expand(tmp_path, adapters, profile="cpu"):
+    return load_study(study_file(tmp_path, adapters), profile=profile, layer_dims=layer_dims).trials
+
+
+def params_of(trials, method):
+    return [t.config["adapter_params"] for t in trials if t.config["adapter"] == method]
+
+
+def test_cartesian_product_zip_and_where(tmp_path):
+    trials = expand(tmp_path, """
+  - method: more
+    axes: {nblocks: [2, 4], blk_r: [1, 2, 8]}
+    where: ["blk_r * nblocks <= 8"]
+  - method: more
+    label: square blocks
+    zip: {blk_sz: [4, 16], blk_r: [4, 16]}
+    where: ["blk_r <= blk_sz"]
+""")
+    assert [(p["nblocks"], p["blk_r"]) for p in params_of(trials, "more") if "nblocks" in p] == [(2, 1), (2, 2), (4, 1), (4, 2)]
+    square = [t for t in trials if t.config.get("label") == "square blocks"]
+    assert [(t.config["adapter_params"]["blk_sz"], t.config["adapter_params"]["blk_r"]) for t in square] == [(4, 4), (16, 16)]
+
+
+def test_learning_rates_seeds_and_profiles(tmp_path):
+    adapters = """
+  - method: lora
+    axes: {r: [4]}
+    lr: [1.0e-4, 1.0e-3]
+"""
+    cpu = expand(tmp_path, adapters)
+    gpu = expand(tmp_path, adapters, profile="gpu")
+    assert [(t.config["lr"], t.config["seed"]) for t in cpu] == [(1e-4, 0), (1e-3, 0)]
+    assert len(gpu) == 6 and {t.config["steps"] for t in gpu} == {1000} and {t.config["seed"] for t in gpu} == {0, 1, 2}
+
+
+def test_parameter_matching_picks_the_nearest_lora(tmp_path):
+    trials = expand(tmp_path, """
+  - method: more
+    axes: {nblocks: [4], blk_r: [1, 4, 16]}
+  - method: lora
+    match: more
+    axes: {r: [1, 2, 3, 4, 8, 16, 32, 64]}
+""")
+    # MiniLM's q, k, v are 384 x 384: MoRe blk_r b has b * 768 parameters per matrix, as LoRA r = b
+    assert sorted(p["r"] for p in params_of(trials, "lora")) == [1, 4, 16]
+    trials = expand(tmp_path, """
+  - method: more
+    axes: {nblocks: [4], blk_r: [3]}
+  - method: lora
+    match: more
+    axes: {r: [2, 4, 8]}
+""")
+    assert [p["r"] for p in params_of(trials, "lora")] == [2]  # 3 is as near to 2 as to 4: the smaller wins
+
+
+def test_trial_ids_are_stable_and_change_with_any_value(tmp_path):
+    adapters = "  - method: more\n    axes: {nblocks: [4], blk_r: [2]}\n"
+    first, again = expand(tmp_path, adapters)[0], expand(tmp_path, adapters)[0]
+    assert first.id == again.id and len(first.id) == 16
+    for key, value in [("lr", 0.5), ("seed", 1), ("steps", 11), ("model", "smollm2")]:
+        changed = Trial(first.study, {**first.config, key: value})
+        assert changed.id != first.id, key
+    other_params = Trial(first.study, {**first.config, "adapter_params": {"nblocks": 4, "blk_r": 3}})
+    assert other_params.id != first.id
+
+
+@pytest.mark.parametrize("adapters,text,match", [
+    ("  - method: more\n    axes: {nblocks: [4]}\n    lrr: [1]\n", None, r"adapters\[0\]\.lrr: unknown key\. Did you mean 'lr'\?"),
+    ("  - method: more\n    axes: {nblocks: 4}\n", None, r"adapters\[0\]\.nblocks: an axis needs a non-empty list"),
+    ("  - method: mora\n    axes: {r: [4]}\n", None, r"adapters\[0\]\.method: Unknown adapter 'mora'\. Did you mean 'more'"),
+    ("  - method: lora\n    axes: {rank: [4]}\n", None, r"adapters\[0\]\.axes: Adapter 'lora' has no parameter 'rank'"),
+    ("  - method: more\n    axes: {nblocks: []}\n", None, r"non-empty list"),
+    ("  - method: more\n    axes: {nblocks: [2, 4], blk_r: [8]}\n    where: ['blk_r < nblocks']\n", None,
+     r"adapters\[0\]\.where: the filters \['blk_r < nblocks'\] remove every point"),
+    ("  - method: more\n    axes: {nblocks: [2]}\n    where: ['blk_sz > 1']\n", None, r"unknown axis 'blk_sz' in filter"),
+    (None, "name: x\nmodels: [minilm]\nadapters: []\n", r"adapters: the grid is empty"),
+    (None, "name: x\nmodels: [minlm]\nadapters: [{method: lora}]\n", r"models: unknown model 'minlm'\. Did you mean 'minilm'"),
+    (None, "name: x\nmodels: [minilm]\ntasks: [bolq]\nadapters: [{method: lora}]\n", r"tasks: unknown task 'bolq'\. Did you mean 'boolq'"),
+    (None, "name: x\nmodels: minilm\nadapters: [{method: lora}]\n", r"models: expected list, got str"),
+    (None, "name: x\nmodel: [minilm]\nadapters: [{method: lora}]\n", r"model: unknown key\. Did you mean 'models'"),
+    (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {step: 3}}\n", r"profiles\.cpu\.step: unknown key\. Did you mean 'steps'"),
+    (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {steps: many}}\n", r"profiles\.cpu\.steps: expected int, got str"),
+    (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora, match: more, axes: {r: [2]}}]\n", r"nothing to match"),
+    (None, "name: [x\n", r"file: not valid YAML"),
+])
+def test_bad_study_files_are_rejected_naming_file_key_and_reason(tmp_path, adapters, text, match):
+    path = study_file(tmp_path, adapters or "", text=text)
+    with pytest.raises(StudyError, match=match) as err:
+        load_study(path, layer_dims=layer_dims)
+    assert str(err.value).startswith(path)
+
+
+def test_unknown_study_name_suggests_a_known_one():
+    with pytest.raises(StudyError, match="Did you mean 'efficiency'"):
+        load_study("eficiency")
