@@ -65,12 +65,22 @@ def default_targets(model: nn.Module) -> list[str]:
     return TRANSFORMERS_MODELS_TO_MORE_TARGET_MODULES[model_type]
 
 
+def new_heads(model: nn.Module, head: str) -> list[str]:
+    """A classification or multiple-choice head is newly initialised: it is trained, saved and counted."""
+    if head not in ("sequence_classification", "multiple_choice"):
+        return []
+    names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    return [n for n in ("classifier", "score") if n in names]
+
+
 def apply_adapter(model: nn.Module, spec: AdapterSpec | None, head: str, target_modules=None) -> nn.Module:
     if spec is None:
         return model
     target_modules = target_modules or default_targets(model)
-    task_type = {"causal_lm": "CAUSAL_LM", "sequence_classification": "SEQ_CLS"}.get(head)
-    return peft.get_peft_model(model, spec.peft_config(target_modules=target_modules, task_type=task_type))
+    task_type = "CAUSAL_LM" if head == "causal_lm" else None
+    config = spec.peft_config(target_modules=target_modules, modules_to_save=new_heads(model, head) or None,
+                              task_type=task_type)
+    return peft.get_peft_model(model, config)
 
 
 def prepare_model(model_name: str, adapter: AdapterSpec | None, device: str = "cpu", head: str | None = None,

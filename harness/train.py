@@ -1,0 +1,258 @@
+"""The short fine-tune and evaluation of a training trial.
+
+One code path serves every adapter: the adapter is a PEFT config, and nothing here branches on its
+type. What differs is the model family:
+
+- encoders (MiniLM): a classification head for classification tasks, a multiple-choice head for
+  multiple-choice tasks; cross-entropy on the label;
+- decoders (SmolLM2): the task's prompt, and the log-likelihood of each option's continuation. The
+  loss is the right continuation's tokens only; the prediction is the option of highest likelihood
+  (summed over tokens, and per token for `length_normalised`).
+
+AdamW, linear warm-up then cosine decay, gradient clipping and a fixed seed. The training examples
+come in an order fixed by the trial's seed, the same for every adapter, so comparisons are paired.
+Every `eval_every` steps and at the end the held-out loss and the task metric are measured, with
+their standard errors from the evaluation set (the mean loss's s/sqrt(n), the metric's bootstrap).
+Step 0 is the untrained model with the same head: the baseline the loss must improve on; the
+metric's baseline is the task's majority class or chance.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict
+
+import torch
+from torch import nn
+
+from . import metrics as M
+from .measure import env, memory
+from .measure.params import adapter_file_bytes, parameter_counts
+from .measure.trial import apply_adapter
+from .models import MODELS, load_model
+from .tasks import load_task
+
+DEFAULTS = {"steps": 100, "batch": 8, "seq_len": 128, "eval_every": 0, "eval_examples": 300, "warmup_ratio": 0.1,
+            "weight_decay": 0.0, "max_grad_norm": 1.0, "lr": 1e-3, "prompt_style": "llm_adapters"}
+
+
+def is_decoder(model_name: str, model) -> bool:
+    entry = MODELS.get(model_name)
+    if entry is not None:
+        return entry.architecture == "decoder"
+    return bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in ("llama", "mistral", "qwen2", "gpt2")
+
+
+# ---- batches ------------------------------------------------------------------------------------
+
+def encoder_batch(tokenizer, task, examples, seq_len, device):
+    if task.kind == "multiple_choice":
+        pairs = [pair for e in examples for pair in task.encoder_choices(e)]
+        enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation="only_first", max_length=seq_len,
+                        padding=True, return_tensors="pt")
+        options = task.num_classes
+        enc = {k: v.view(len(examples), options, -1) for k, v in enc.items()}
+    else:
+        texts = [task.encoder_input(e) for e in examples]
+        pair = [t[1] for t in texts] if all(t[1] is not None for t in texts) else None
+        enc = tokenizer([t[0] for t in texts], pair, truncation=True, max_length=seq_len, padding=True,
+                        return_tensors="pt")
+    labels = torch.tensor([e.label for e in examples], dtype=torch.float if task.kind == "regression" else torch.long)
+    return {**{k: v.to(device) for k, v in enc.items()}, "labels": labels.to(device)}
+
+
+def decoder_sequences(tokenizer, prompt_text: str, continuation: str, seq_len: int) -> tuple[list[int], int]:
+    """Token ids of prompt + continuation, the prompt cut from the left to fit; and the continuation's length."""
+    cont = tokenizer(continuation, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    prompt = prompt[max(0, len(prompt) + len(cont) - seq_len):]
+    return prompt + cont, len(cont)
+
+
+def decoder_batch(tokenizer, sequences: list[tuple[list[int], int]], device):
+    """Right-padded ids, mask, and labels that are -100 except on each continuation."""
+    width = max(len(ids) for ids, _ in sequences)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    input_ids = torch.full((len(sequences), width), pad)
+    labels = torch.full((len(sequences), width), -100)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, (ids, n_cont) in enumerate(sequences):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        mask[row, : len(ids)] = 1
+        labels[row, len(ids) - n_cont: len(ids)] = torch.tensor(ids[-n_cont:])
+    return {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def continuation_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: summed log-probability of its continuation tokens, and their count."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (logprobs * keep).sum(-1), keep.sum(-1)
+
+
+# ---- the two families ------------------------------------------------------------------------------
+
+class EncoderFamily:
+    def __init__(self, task, tokenizer, seq_len, device):
+        self.task, self.tokenizer, self.seq_len, self.device = task, tokenizer, seq_len, device
+
+    def train_loss(self, model, examples) -> tuple[torch.Tensor, int]:
+        batch = encoder_batch(self.tokenizer, self.task, examples, self.seq_len, self.device)
+        return model(**batch).loss, int(batch["attention_mask"].sum())
+
+    @torch.no_grad()
+    def evaluate(self, model, examples, batch_size) -> tuple[list, list[float]]:
+        predictions, losses = [], []
+        for i in range(0, len(examples), batch_size):
+            batch = encoder_batch(self.tokenizer, self.task, examples[i:i + batch_size], self.seq_len, self.device)
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
+            if self.task.kind == "regression":
+                predictions += logits.squeeze(-1).tolist()
+                losses += ((logits.squeeze(-1) - batch["labels"]) ** 2).tolist()
+            else:
+                predictions += logits.argmax(-1).tolist()
+                losses += nn.functional.cross_entropy(logits, batch["labels"], reduction="none").tolist()
+        return predictions, losses
+
+
+class DecoderFamily:
+    def __init__(self, task, tokenizer, seq_len, device, style):
+        self.task, self.tokenizer, self.seq_len, self.device, self.style = task, tokenizer, seq_len, device, style
+
+    def _sequences(self, example, which=None):
+        prompt = self.task.decoder_prompt(example, style=self.style)
+        options = range(len(prompt.continuations)) if which is None else [prompt.target]
+        return [decoder_sequences(self.tokenizer, prompt.text, prompt.continuations[o], self.seq_len) for o in options], prompt.target
+
+    def train_loss(self, model, examples) -> tuple[torch.Tensor, int]:
+        sequences = [self._sequences(e, which="target")[0][0] for e in examples]
+        batch = decoder_batch(self.tokenizer, sequences, self.device)
+        return model(**batch).loss, int(batch["attention_mask"].sum())
+
+    @torch.no_grad()
+    def evaluate(self, model, examples, batch_size) -> tuple[list, list[float]]:
+        predictions, losses, normalised = [], [], []
+        for i in range(0, len(examples), batch_size):
+            chunk = [self._sequences(e) for e in examples[i:i + batch_size]]
+            flat = [s for sequences, _ in chunk for s in sequences]
+            total, count = continuation_logprobs(model, decoder_batch(self.tokenizer, flat, self.device))
+            start = 0
+            for sequences, target in chunk:
+                n = len(sequences)
+                summed, per_token = total[start:start + n], total[start:start + n] / count[start:start + n]
+                predictions.append(int(summed.argmax()))
+                normalised.append(int(per_token.argmax()))
+                losses.append(float(-per_token[target]))  # the right answer's mean token loss
+                start += n
+        self.length_normalised = normalised
+        return predictions, losses
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+def lr_at(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def evaluation_rows(task, family, model, examples, batch_size, step) -> list[dict]:
+    model.eval()
+    predictions, losses = family.evaluate(model, examples, batch_size)
+    model.train()
+    labels = [e.label for e in examples]
+    rows = [row("eval_loss", sum(losses) / len(losses), "nats", step),
+            row("eval_loss_se", M.standard_error_of_mean(losses), "nats", step)]
+    for name, value in task.score(predictions, labels, with_se=True).items():
+        rows.append(row(f"eval_{name}", value, "ratio", step))
+    if isinstance(family, DecoderFamily):
+        rows.append(row("eval_accuracy_length_normalised", M.accuracy(family.length_normalised, labels), "ratio", step))
+    return rows
+
+
+def row(metric, value, unit, step=None, scope="", note="") -> dict:
+    return {"metric": metric, "value": float(value), "unit": unit, "step": step, "scope": scope, "note": note}
+
+
+def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
+    settings = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
+    device = torch.device(settings.get("device", "cpu"))
+    seed = settings.get("seed", 0)
+    torch.manual_seed(seed)
+    task = load_task(config["task"])
+    started = time.perf_counter()
+
+    decoder = MODELS.get(config["model"]) is not None and MODELS[config["model"]].architecture == "decoder"
+    if decoder:
+        head, num_labels = "causal_lm", None
+    elif task.kind == "multiple_choice":
+        head, num_labels = "multiple_choice", None
+    else:
+        head, num_labels = "sequence_classification", task.num_classes
+    model, tokenizer, info = load_model(config["model"], head=head, num_labels=num_labels, device=str(device))
+    if tokenizer is not None and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = apply_adapter(model, adapter, head, config.get("target_modules"))  # new heads trained via modules_to_save
+    family = (DecoderFamily(task, tokenizer, settings["seq_len"], device, settings["prompt_style"]) if decoder
+              else EncoderFamily(task, tokenizer, settings["seq_len"], device))
+    rows = [m.as_dict() for m in parameter_counts(model)]
+    rows.append(adapter_file_bytes(model).as_dict() if adapter is not None else row("adapter_file_bytes", math.nan, "bytes"))
+    baseline_rss = memory.current_rss()
+    load_seconds = time.perf_counter() - started
+
+    steps, batch_size = settings["steps"], settings["batch"]
+    train_examples = task.train(seed=seed, limit=settings.get("train_examples"))
+    eval_examples = task.eval(limit=settings["eval_examples"])
+    for name, value in task.baseline().items():
+        rows.append(row(f"baseline_{name}", value, "ratio", note="majority class" if task.kind != "multiple_choice" else "chance"))
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=settings["weight_decay"])
+    warmup = max(1, int(settings["warmup_ratio"] * steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, steps, warmup))
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.get("dtype", ""))
+
+    rows += evaluation_rows(task, family, model, eval_examples, batch_size, step=0)
+    model.train()
+    memory.reset_peak_rss()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tokens, train_seconds, every = 0, 0.0, settings["eval_every"]
+    for step in range(1, steps + 1):
+        start = (step - 1) * batch_size % len(train_examples)
+        examples = (train_examples + train_examples)[start:start + batch_size]
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None and device.type == "cuda"):
+            loss, n_tokens = family.train_loss(model, examples)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, settings["max_grad_norm"])
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds += time.perf_counter() - t0
+        tokens += n_tokens
+        rows.append(row("train_loss", loss.item(), "nats", step))
+        rows.append(row("grad_norm", float(grad_norm), "norm", step))
+        if every and step % every == 0 and step != steps:
+            rows += evaluation_rows(task, family, model, eval_examples, batch_size, step=step)
+    if device.type == "cuda":
+        rows.append(row("peak_memory_allocated_bytes", torch.cuda.max_memory_allocated(device), "bytes"))
+        rows.append(row("peak_memory_reserved_bytes", torch.cuda.max_memory_reserved(device), "bytes"))
+    else:
+        rows.append(row("peak_rss_bytes", memory.peak_rss(), "bytes"))
+        rows.append(row("train_rss_bytes", memory.peak_rss() - baseline_rss, "bytes", note="peak during training minus after load"))
+    rows.append(row("train_time_s", train_seconds, "s"))
+    rows.append(row("time_step_s", train_seconds / steps, "s", note="mean over the training run"))
+    rows.append(row("tokens_per_s", tokens / train_seconds, "tokens/s"))
+    final = evaluation_rows(task, family, model, eval_examples, batch_size, step=steps)
+    rows += final
+    rows += [dict(r, step=None) for r in final]  # the final values, as DESIGN's empty step
+    record = {"model_info": asdict(info), "task": task.name, "head": head, "settings": settings,
+              "load_seconds": load_seconds, "eval_examples": len(eval_examples), "env": env.fingerprint(),
+              "device": str(device), "adapter": adapter.label if adapter else None}
+    return rows, record
