@@ -80,6 +80,11 @@ class AdapterSpec:
     def label(self) -> str:
         return f"{self.method}(" + ",".join(f"{k}={v}" for k, v in self.params.items()) + ")"
 
+    @property
+    def text(self) -> str:
+        """The spec as parse() reads it back: 'lora:lora_alpha=16,r=8'."""
+        return f"{self.method}:" + ",".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in self.params.items())
+
     def peft_config(self, target_modules=None, modules_to_save=None, task_type=None):
         params = dict(self.params)
         if target_modules is not None:

@@ -132,6 +132,72 @@ def cmd_list(args) -> int:
     return 0
 
 
+def compare_study(args):
+    """An ad-hoc study: one trial per adapter (measured, and trained when a task is given), plus one
+    trial that times all adapters' training steps interleaved in one process."""
+    import hashlib
+
+    from .spec import Study, Trial
+
+    specs = [AdapterSpec.parse(text) for text in args.adapters]
+    key = json.dumps([args.model, args.task, args.adapters, args.steps, args.seq_len, args.batch, args.lr], default=str)
+    name = "compare-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    common = {"model": args.model, "target_modules": args.target_modules, "seq_len": args.seq_len,
+              "batch": args.batch, "device": args.device, "seed": 0, "threads": args.threads}
+    trials = []
+    for spec in specs:
+        config = {**common, "adapter": spec.method, "adapter_params": spec.params, "measure": ["params", "flops", "memory", "time"],
+                  "repeats": args.repeats}
+        if args.task:
+            config.update(task=args.task, steps=args.steps, lr=args.lr or 1e-3, eval_examples=args.eval_examples)
+        trials.append(Trial(name, config))
+    trials.append(Trial(name, {**common, "kind": "interleaved", "adapters": [s.text for s in specs], "repeats": args.repeats}))
+    return Study(name, "harness compare", None, {}, trials), specs
+
+
+def compare_table(frame, study, specs, task: str | None) -> str:
+    """Adapters side by side; each column after the first also as a ratio to the first."""
+    final = frame[(frame.scope == "") & frame.step.isna()]
+    labels = [s.label for s in specs]
+    metrics = ["trainable_params", "flops_forward", "peak_rss_bytes", "peak_memory_allocated_bytes", "time_step_s"]
+    if task:
+        metrics += sorted(m for m in final.metric.unique() if m.startswith(("eval_", "baseline_")) and not m.endswith("_se"))
+    by_adapter = {spec.label: final[final.trial_id == trial.id].set_index("metric")["value"]
+                  for spec, trial in zip(specs, study.trials)}
+    lines = [f"{'metric':<32}" + "".join(f"{label:>28}" for label in labels)]
+    for metric in metrics:
+        values = [by_adapter[label].get(metric, math.nan) for label in labels]
+        if all(isinstance(v, float) and math.isnan(v) for v in values):
+            continue
+        unit = frame.loc[frame.metric == metric, "unit"].iloc[0]
+        cells = [format_value(values[0], unit)]
+        for v in values[1:]:
+            ratio = v / values[0] if values[0] else math.nan
+            cells.append(f"{format_value(v, unit)} ({ratio:.2f}x)")
+        lines.append(f"{metric:<32}" + "".join(f"{c:>28}" for c in cells))
+    ratios = frame[frame.metric == "time_ratio"]
+    if not ratios.empty:
+        cells = [f"{ratios[ratios.scope == label].value.iloc[0]:.2f}x" if (ratios.scope == label).any() else "-" for label in labels]
+        lines.append(f"{'step time, interleaved (ratio)':<32}" + "".join(f"{c:>28}" for c in cells))
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    from .executors import make_executor
+    from .runner import run_study
+    from .store import Store, load
+
+    study, specs = compare_study(args)
+    store = Store(study.name, args.results_dir)
+    run_study(study, study.trials, make_executor("local"), store)
+    frame = load(study.name, args.results_dir)
+    frame = frame[frame.status == "ok"]
+    print(f"\n{args.model}" + (f" on {args.task}" if args.task else "") + f", batch {args.batch} x seq {args.seq_len}, "
+          f"ratios to {specs[0].label}:")
+    print(compare_table(frame, study, specs, args.task))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="start over; old results are moved aside, never deleted")
     r.add_argument("--results-dir", default=None, help="write somewhere other than results/")
     r.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("compare", help="compare adapters on your own hardware and model, side by side")
+    c.add_argument("--model", required=True)
+    c.add_argument("--adapters", nargs="+", required=True, help="e.g. lora:r=8 more:nblocks=4,blk_r=4")
+    c.add_argument("--task", default=None, help="also fine-tune and evaluate on this task")
+    c.add_argument("--steps", type=int, default=50)
+    c.add_argument("--lr", type=float, default=None)
+    c.add_argument("--eval-examples", type=int, default=200)
+    c.add_argument("--seq-len", type=int, default=128)
+    c.add_argument("--batch", type=int, default=8)
+    c.add_argument("--repeats", type=int, default=5)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--threads", type=int, default=None)
+    c.add_argument("--target-modules", nargs="+", default=None)
+    c.add_argument("--results-dir", default=None)
+    c.set_defaults(func=cmd_compare)
 
     li = sub.add_parser("list", help="list studies, models, tasks and adapters")
     li.set_defaults(func=cmd_list)

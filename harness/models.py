@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import math
 import os
 import shutil
 import tempfile
@@ -48,7 +49,7 @@ import torch
 from torch import nn
 
 HEADS = ("base", "causal_lm", "sequence_classification", "multiple_choice")
-POOLINGS = ("builtin", "mean")
+POOLINGS = ("builtin", "mean", "biencoder")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -253,7 +254,11 @@ def _load_pretrained(name, source, head, num_labels, device, dtype, pooling) -> 
     head = head or ("causal_lm" if _is_decoder(config) else "base")
     pools = head in ("sequence_classification", "multiple_choice")
     pooling = (pooling or "builtin") if pools else None
-    if pooling == "mean":
+    if pooling == "biencoder":
+        if head != "multiple_choice":
+            raise ValueError("pooling='biencoder' scores answer options: it needs head='multiple_choice'.")
+        model = BiEncoderChoice(transformers.AutoModel.from_pretrained(source, dtype=dtype))
+    elif pooling == "mean":
         encoder = transformers.AutoModel.from_pretrained(source, dtype=dtype)
         model = MeanPooledHead(encoder, num_labels=num_labels or 1, multiple_choice=head == "multiple_choice")
     else:
@@ -331,6 +336,51 @@ class MeanPooledHead(nn.Module):
             return MultipleChoiceModelOutput(loss=loss, logits=logits)
         loss = None if labels is None else _classification_loss(logits, labels, self.num_labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+class CosineScale(nn.Module):
+    """similarity * exp(log_scale): the one trained parameter of a bi-encoder head (init 20, the scale
+    sentence-transformers trains all-MiniLM-L6-v2's contrastive loss with)."""
+
+    def __init__(self, scale: float = 20.0):
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+
+    def forward(self, similarity):
+        return similarity * self.log_scale.exp()
+
+
+class BiEncoderChoice(nn.Module):
+    """Multiple choice the way a sentence-embedding model is used: each option is scored by the cosine
+    of the mean-pooled embeddings of the question (with its context) and of the option, times a trained
+    scale. The encoder is used as it was pretrained, so the untrained model already ranks options;
+    the scale is named `classifier`, like the other heads, so modules_to_save trains and saves it.
+
+    Inputs: question `input_ids`/`attention_mask` (batch, seq) and `option_input_ids`/
+    `option_attention_mask` (batch, options, seq); output (batch, options) scores.
+    """
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.classifier = CosineScale()
+
+    def embed(self, input_ids, attention_mask):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
+
+    def forward(self, input_ids=None, attention_mask=None, option_input_ids=None, option_attention_mask=None,
+                labels=None, **kwargs):
+        from transformers.modeling_outputs import MultipleChoiceModelOutput
+
+        batch, options, width = option_input_ids.shape
+        question = self.embed(input_ids, attention_mask)
+        option = self.embed(option_input_ids.reshape(-1, width), option_attention_mask.reshape(-1, width))
+        logits = self.classifier(torch.einsum("bh,boh->bo", question, option.view(batch, options, -1)))
+        loss = None if labels is None else nn.functional.cross_entropy(logits, labels)
+        return MultipleChoiceModelOutput(loss=loss, logits=logits)
 
 
 def _classification_loss(logits, labels, num_labels):

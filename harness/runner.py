@@ -66,6 +66,8 @@ def headline(rows: list[dict]) -> str:
 
 def describe(trial: Trial) -> str:
     c = trial.config
+    if c.get("kind") == "interleaved":
+        return f"{c['model']} interleaved step timing of {', '.join(c['adapters'])}"
     adapter = c.get("adapter") or "none"
     params = ",".join(f"{k}={v}" for k, v in (c.get("adapter_params") or {}).items())
     return f"{c['model']} {c.get('task') or ''} {adapter}({params}) lr={c.get('lr')} seed={c.get('seed')}".replace("  ", " ")

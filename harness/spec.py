@@ -34,7 +34,7 @@ ADAPTER_KEYS = {"method": str, "axes": dict, "zip": dict, "where": list, "lr": l
 PROFILE_KEYS = {"steps": int, "batch": int, "seq_len": int, "eval_every": int, "eval_examples": int,
                 "train_examples": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": float,
                 "seeds": list, "repeats": int, "timeout_s": int, "memory_limit_gb": float, "device": str,
-                "dtype": str, "threads": int, "shapes": list}
+                "dtype": str, "threads": int, "shapes": list, "pooling": str, "prompt_style": str}
 
 
 class StudyError(ValueError):

@@ -28,7 +28,7 @@ from torch import nn
 from . import metrics as M
 from .measure import env, memory
 from .measure.params import adapter_file_bytes, parameter_counts
-from .measure.trial import apply_adapter
+from .measure.trial import apply_adapter, new_heads
 from .models import MODELS, load_model
 from .tasks import load_task
 
@@ -45,7 +45,19 @@ def is_decoder(model_name: str, model) -> bool:
 
 # ---- batches ------------------------------------------------------------------------------------
 
-def encoder_batch(tokenizer, task, examples, seq_len, device):
+def encoder_batch(tokenizer, task, examples, seq_len, device, pooling=None):
+    labels = torch.tensor([e.label for e in examples], dtype=torch.float if task.kind == "regression" else torch.long)
+    if pooling == "biencoder":  # the question and each option encoded apart
+        choices = [task.encoder_choices(e) for e in examples]
+        questions = tokenizer([c[0][0] for c in choices], truncation=True, max_length=seq_len, padding=True,
+                              return_tensors="pt")
+        options = tokenizer([o for c in choices for _, o in c], truncation=True, max_length=seq_len, padding=True,
+                            return_tensors="pt")
+        batch = {"input_ids": questions["input_ids"], "attention_mask": questions["attention_mask"],
+                 "option_input_ids": options["input_ids"].view(len(examples), task.num_classes, -1),
+                 "option_attention_mask": options["attention_mask"].view(len(examples), task.num_classes, -1),
+                 "labels": labels}
+        return {k: v.to(device) for k, v in batch.items()}
     if task.kind == "multiple_choice":
         pairs = [pair for e in examples for pair in task.encoder_choices(e)]
         enc = tokenizer([p[0] for p in pairs], [p[1] for p in pairs], truncation="only_first", max_length=seq_len,
@@ -57,7 +69,6 @@ def encoder_batch(tokenizer, task, examples, seq_len, device):
         pair = [t[1] for t in texts] if all(t[1] is not None for t in texts) else None
         enc = tokenizer([t[0] for t in texts], pair, truncation=True, max_length=seq_len, padding=True,
                         return_tensors="pt")
-    labels = torch.tensor([e.label for e in examples], dtype=torch.float if task.kind == "regression" else torch.long)
     return {**{k: v.to(device) for k, v in enc.items()}, "labels": labels.to(device)}
 
 
@@ -95,18 +106,22 @@ def continuation_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 # ---- the two families ------------------------------------------------------------------------------
 
 class EncoderFamily:
-    def __init__(self, task, tokenizer, seq_len, device):
-        self.task, self.tokenizer, self.seq_len, self.device = task, tokenizer, seq_len, device
+    def __init__(self, task, tokenizer, seq_len, device, pooling=None):
+        self.task, self.tokenizer, self.seq_len, self.device, self.pooling = task, tokenizer, seq_len, device, pooling
+
+    def _batch(self, examples):
+        return encoder_batch(self.tokenizer, self.task, examples, self.seq_len, self.device, self.pooling)
 
     def train_loss(self, model, examples) -> tuple[torch.Tensor, int]:
-        batch = encoder_batch(self.tokenizer, self.task, examples, self.seq_len, self.device)
-        return model(**batch).loss, int(batch["attention_mask"].sum())
+        batch = self._batch(examples)
+        tokens = sum(int(v.sum()) for k, v in batch.items() if k.endswith("attention_mask"))
+        return model(**batch).loss, tokens
 
     @torch.no_grad()
     def evaluate(self, model, examples, batch_size) -> tuple[list, list[float]]:
         predictions, losses = [], []
         for i in range(0, len(examples), batch_size):
-            batch = encoder_batch(self.tokenizer, self.task, examples[i:i + batch_size], self.seq_len, self.device)
+            batch = self._batch(examples[i:i + batch_size])
             logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits.float()
             if self.task.kind == "regression":
                 predictions += logits.squeeze(-1).tolist()
@@ -192,12 +207,17 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
         head, num_labels = "multiple_choice", None
     else:
         head, num_labels = "sequence_classification", task.num_classes
-    model, tokenizer, info = load_model(config["model"], head=head, num_labels=num_labels, device=str(device))
+    model, tokenizer, info = load_model(config["model"], head=head, num_labels=num_labels, device=str(device),
+                                        pooling=settings.get("pooling"))
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if adapter is None:  # the control: the pretrained model frozen, only a new head (if any) trains
+        model.requires_grad_(False)
+        for name in new_heads(model, head):
+            getattr(model, name).requires_grad_(True)
     model = apply_adapter(model, adapter, head, config.get("target_modules"))  # new heads trained via modules_to_save
     family = (DecoderFamily(task, tokenizer, settings["seq_len"], device, settings["prompt_style"]) if decoder
-              else EncoderFamily(task, tokenizer, settings["seq_len"], device))
+              else EncoderFamily(task, tokenizer, settings["seq_len"], device, info.pooling))
     rows = [m.as_dict() for m in parameter_counts(model)]
     rows.append(adapter_file_bytes(model).as_dict() if adapter is not None else row("adapter_file_bytes", math.nan, "bytes"))
     baseline_rss = memory.current_rss()
@@ -210,6 +230,9 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
         rows.append(row(f"baseline_{name}", value, "ratio", note="majority class" if task.kind != "multiple_choice" else "chance"))
 
     trainable = [p for p in model.parameters() if p.requires_grad]
+    if not trainable:
+        raise ValueError(f"Nothing to train: {config['model']} with head {head!r} and no adapter has no new "
+                         "parameters. Give an adapter, or a task with a classification or multiple-choice head.")
     optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=settings["weight_decay"])
     warmup = max(1, int(settings["warmup_ratio"] * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, steps, warmup))
