@@ -10,7 +10,11 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup test bench clean-venv
+HARNESS := $(PY) -m harness
+STUDY_FLAGS ?=
+
+.PHONY: setup test bench bench-gpu clean-venv figures paper-figures \
+        study-rank-ablation study-block-ablation study-efficiency
 
 setup: $(STAMP)
 
@@ -25,6 +29,26 @@ $(STAMP): pyproject.toml Makefile
 
 test: setup
 	$(PY) -m pytest -q
+
+# Each study runs with the profile that suits the machine (gpu when CUDA is there, else cpu), resumes
+# what an earlier run finished, then draws its figures. STUDY_FLAGS passes more, e.g. --jobs 2 or --fresh.
+study-rank-ablation: setup
+	$(HARNESS) run rank_ablation $(STUDY_FLAGS)
+	$(PY) -m harness.figures rank_ablation
+
+study-block-ablation: setup
+	$(HARNESS) run block_ablation $(STUDY_FLAGS)
+	$(PY) -m harness.figures block_ablation
+
+study-efficiency: setup
+	$(HARNESS) run efficiency $(STUDY_FLAGS)
+	$(PY) -m harness.figures efficiency
+
+figures: setup
+	$(PY) -m harness.figures rank_ablation block_ablation efficiency
+
+paper-figures: setup
+	$(PY) -m harness.figures --paper
 
 bench: setup
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-sort=name --benchmark-columns=median,iqr,rounds

@@ -106,7 +106,8 @@ def cmd_run(args) -> int:
         if moved:
             print(f"previous results moved to {moved}")
     counts = run_study(study, trials, make_executor(args.executor, args.jobs, args.address), store, args.retry_failed)
-    return 0 if counts["failed"] == 0 else 1
+    # failed trials are recorded and reported, and the study's figures still follow (--strict to fail instead)
+    return 1 if args.strict and counts["failed"] else 0
 
 
 def cmd_list(args) -> int:
@@ -229,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")
     r.add_argument("--fresh", action="store_true", help="start over; old results are moved aside, never deleted")
     r.add_argument("--results-dir", default=None, help="write somewhere other than results/")
+    r.add_argument("--strict", action="store_true", help="exit with status 1 when any trial failed")
     r.set_defaults(func=cmd_run)
 
     c = sub.add_parser("compare", help="compare adapters on your own hardware and model, side by side")

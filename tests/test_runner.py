@@ -1,5 +1,5 @@
 """The study runner end to end on the real MiniLM: ids, resume after a SIGKILL, failures recorded,
-Ray against local, and tidy tables. Trials measure parameters and FLOPs only, to stay quick."""
+Ray against local, and tidy tables. Trials measure parameters only, to stay quick."""
 import json
 import os
 import signal
@@ -24,7 +24,7 @@ SMALL = """
 name: {name}
 description: a small study for the tests
 models: [minilm]
-measure: [params, flops]
+measure: [params]
 adapters:
   - method: more
     axes: {{nblocks: [2, 4], blk_r: [2]}}
@@ -168,3 +168,18 @@ def test_a_bad_study_file_runs_nothing(tmp_path):
     assert result.returncode == 2
     assert f"error: {path}: adapters[0].axes: Adapter 'lora' has no parameter 'rank'" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_compare_sets_adapters_side_by_side_with_ratios(tmp_path):
+    result = run_cli("compare", "--model", "minilm", "--adapters", "lora:r=8", "more:nblocks=4,blk_r=4",
+                     "--seq-len", "16", "--batch", "2", "--repeats", "2", "--threads", "1",
+                     "--results-dir", str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    table = result.stdout.split("ratios to lora(lora_alpha=16,r=8):")[1]
+    # equal parameters per matrix: LoRA r=8 has 2x the trainable parameters of MoRe 4 blocks of rank 4
+    params_line = next(line for line in table.splitlines() if line.startswith("trainable_params"))
+    assert "(0.50x)" in params_line
+    assert any(line.startswith("step time, interleaved (ratio)") for line in table.splitlines())
+    (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("compare-")]
+    trials = pd.read_csv(folder / "trials.csv")
+    assert len(trials) == 3 and (trials.status == "ok").all()
