@@ -50,6 +50,10 @@ figures: setup
 paper-figures: setup
 	$(PY) -m harness.figures --paper
 
+# On a CUDA machine (use a CUDA torch there, e.g. TORCH="torch==2.13.0 --index-url .../cu128").
+bench-gpu: setup
+	$(PY) benchmarks/gpu_bench.py --out results/kernels
+
 bench: setup
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-sort=name --benchmark-columns=median,iqr,rounds
 

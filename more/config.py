@@ -10,7 +10,7 @@ from peft.config import PeftConfig
 MORE_PEFT_TYPE = "MORE"
 
 INIT_CHOICES = ("paper", "random")
-KERNEL_CHOICES = ("auto", "bmm", "reference")
+KERNEL_CHOICES = ("auto", "bmm", "triton", "reference")
 
 # The paper adapts the attention's query, key and value projections.
 TRANSFORMERS_MODELS_TO_MORE_TARGET_MODULES = {
@@ -71,10 +71,12 @@ class MoReConfig(PeftConfig):
             "'random': both factors Kaiming-uniform (a non-zero start, for tests and projections)."
         },
     )
-    kernel: Literal["auto", "bmm", "reference"] = field(
+    kernel: Literal["auto", "bmm", "triton", "reference"] = field(
         default="auto",
-        metadata={"help": "How the Monarch product runs: 'auto' (the fastest for the device), 'bmm' (the fast path), "
-                  "'reference' (dense block_diag and permutation matrices; slow, for checking)."},
+        metadata={"help": "How the Monarch product runs: 'auto' (the fastest for the device: bmm on CPU; on CUDA "
+                  "bmm or triton, measured per shape on first use), 'bmm' (batched matrix products), 'triton' "
+                  "(the fused Triton kernel; CUDA, needs triton), 'reference' (dense block_diag and permutation "
+                  "matrices; slow, for checking)."},
     )
     bias: str = field(default="none", metadata={"help": "MoRe trains no biases; only 'none' is supported."})
 

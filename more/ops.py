@@ -10,8 +10,13 @@ Three ways to compute it, all equal:
   FlopCounterMode all see it);
 - `monarch_reference`: torch.block_diag and explicit permutation matrices, for the tests;
 - `monarch_dense`: the dense (out x in) update, for merging and for D2S projection checks.
+
+On CUDA the same custom op can run the fused Triton kernels of `more/kernels/triton_monarch.py`
+instead of the bmm products: see BACKENDS.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -129,42 +134,81 @@ def _tokens(shape) -> int:
     return n
 
 
+# Which implementation runs the custom ops: "bmm" (the products above), "triton" (the fused kernels of
+# more/kernels/triton_monarch.py, CUDA only unless Triton's interpreter is on), or "auto": bmm on the CPU,
+# and on CUDA whichever measured faster the first time this shape was seen (a table per shape kept by
+# triton_monarch, see `dispatch_table()`). bmm when triton is not installed.
+BACKENDS = ("auto", "bmm", "triton")
+
+
+def _triton_kernels():
+    """The Triton kernel module, imported on first use; None when triton is not installed."""
+    try:
+        from .kernels import triton_monarch
+    except ImportError:
+        return None
+    return triton_monarch
+
+
+def _uses_triton(backend: str, direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int,
+                 needs: tuple = (), extra: tuple = ()) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown MoRe backend {backend!r}; choose one of {BACKENDS}.")
+    if backend == "triton":
+        if _triton_kernels() is None:
+            raise ImportError("kernel='triton' needs the triton package: pip install 'more-harness[triton]'.")
+        return True
+    if backend == "bmm" or not x.is_cuda:
+        return False
+    kernels = _triton_kernels()
+    return kernels is not None and kernels.triton_is_faster(direction, x, w1, w2, out_features, needs, extra)
+
+
 @torch.library.custom_op("more::monarch", mutates_args=())
-def _monarch_op(x: Tensor, w1: Tensor, w2: Tensor, out_features: int) -> tuple[Tensor, Tensor]:
+def _monarch_op(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
     """Returns (y, h): h (B, k*r) is the first factor's output, kept for the backward pass."""
+    if _uses_triton(backend, "forward", x, w1, w2, out_features):
+        return _triton_kernels().monarch_forward(x, w1, w2, out_features)
     return _monarch_forward(x, w1, w2, out_features)
 
 
 @_monarch_op.register_fake
-def _monarch_fake(x: Tensor, w1: Tensor, w2: Tensor, out_features: int) -> tuple[Tensor, Tensor]:
+def _monarch_fake(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, backend: str = "auto") -> tuple[Tensor, Tensor]:
     k, r, _, _, _ = _dims(x, w1, w2)
     return x.new_empty(*x.shape[:-1], out_features), x.new_empty(_tokens(x.shape), k * r)
 
 
 @torch.library.custom_op("more::monarch_backward", mutates_args=())
 def _monarch_backward_op(
-    dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, need_dx: bool, need_dw1: bool, need_dw2: bool
+    dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, need_dx: bool, need_dw1: bool, need_dw2: bool,
+    backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dx, dw1, dw2); a gradient that was not asked for comes back empty and is never computed."""
-    grads = _monarch_backward(dy, x, w1, w2, h, need_dx, need_dw1, need_dw2)
+    needs = (need_dx, need_dw1, need_dw2)
+    if _uses_triton(backend, "backward", x, w1, w2, dy.shape[-1], needs, extra=(dy, h)):
+        grads = _triton_kernels().monarch_backward(dy, x, w1, w2, h, *needs)
+    else:
+        grads = _monarch_backward(dy, x, w1, w2, h, *needs)
     return tuple(g if g is not None else x.new_empty(0) for g in grads)
 
 
 @_monarch_backward_op.register_fake
-def _monarch_backward_fake(dy, x, w1, w2, h, need_dx, need_dw1, need_dw2):
+def _monarch_backward_fake(dy, x, w1, w2, h, need_dx, need_dw1, need_dw2, backend="auto"):
     return tuple(t.new_empty(t.shape) if needed else x.new_empty(0) for t, needed in ((x, need_dx), (w1, need_dw1), (w2, need_dw2)))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w1, w2, _ = inputs
+    x, w1, w2, _, ctx.backend = inputs
     ctx.save_for_backward(x, w1, w2, output[1])
 
 
 def _backward(ctx, dy: Tensor, _dh: Tensor):
     x, w1, w2, h = ctx.saved_tensors
     need_dx, need_dw1, need_dw2 = ctx.needs_input_grad[:3]
-    dx, dw1, dw2 = torch.ops.more.monarch_backward(dy.contiguous(), x, w1, w2, h, need_dx, need_dw1, need_dw2)
-    return (dx if need_dx else None), (dw1 if need_dw1 else None), (dw2 if need_dw2 else None), None
+    dx, dw1, dw2 = torch.ops.more.monarch_backward(
+        dy.contiguous(), x, w1, w2, h, need_dx, need_dw1, need_dw2, ctx.backend
+    )
+    return (dx if need_dx else None), (dw1 if need_dw1 else None), (dw2 if need_dw2 else None), None, None
 
 
 _monarch_op.register_autograd(_backward, setup_context=_setup_context)
@@ -188,9 +232,9 @@ def _monarch_backward_flops(dy_shape, x_shape, w1_shape, w2_shape, h_shape, need
     return flops + per_product * p * (int(need_dx) + int(need_dw1))
 
 
-def monarch_multiply(x: Tensor, w1: Tensor, w2: Tensor, out_features: int) -> Tensor:
-    """The fast path: y = delta(x), shape (..., out_features)."""
-    return torch.ops.more.monarch(x, w1, w2, out_features)[0]
+def monarch_multiply(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, backend: str = "auto") -> Tensor:
+    """The fast path: y = delta(x), shape (..., out_features). `backend`: one of BACKENDS."""
+    return torch.ops.more.monarch(x, w1, w2, out_features, backend)[0]
 
 
 def permutation_p1(nblocks: int, blk_r: int, device=None) -> Tensor:
@@ -237,8 +281,17 @@ def monarch_dense(w1: Tensor, w2: Tensor, in_features: int, out_features: int) -
 
 
 def monarch_kernel(name: str):
-    """The multiply behind a config's `kernel` field."""
-    kernels = {"auto": monarch_multiply, "bmm": monarch_multiply, "reference": monarch_reference}
+    """The multiply behind a config's `kernel` field.
+
+    "auto", "bmm" and "triton" all run the custom op `more::monarch` (same FLOP formula, same backward),
+    differing only in its backend; "reference" is the plain path.
+    """
+    kernels = {
+        "auto": monarch_multiply,
+        "bmm": functools.partial(monarch_multiply, backend="bmm"),
+        "triton": functools.partial(monarch_multiply, backend="triton"),
+        "reference": monarch_reference,
+    }
     if name not in kernels:
         raise ValueError(f"Unknown MoRe kernel {name!r}; choose one of {sorted(kernels)}.")
     return kernels[name]

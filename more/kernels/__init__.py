@@ -1,0 +1,15 @@
+"""Hand-written GPU kernels for the Monarch multiply.
+
+`triton_monarch` holds the fused Triton kernels behind `MoReConfig(kernel="triton")` and behind
+`kernel="auto"` on CUDA where they measure faster. It is imported lazily (by `more.ops`, only when a
+call may use it), so `import more` never needs triton, and TRITON_INTERPRET can still be set first.
+"""
+
+
+def triton_available() -> bool:
+    """Whether triton can be imported (it is an optional extra: `pip install more-harness[triton]`)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
