@@ -1,7 +1,10 @@
 """Measurements hold against closed forms and against each other, on the real MiniLM and on
 paper-scale configs built on the meta device. No timed assertions: speed claims live in benchmarks."""
+import json
 import math
 import os
+import subprocess
+import sys
 import time
 
 import peft
@@ -132,6 +135,26 @@ def test_saved_activations_grow_with_batch(minilm_dir):
         ids = torch.randint(1000, 20000, (b, 32))
         sizes.append(memory.saved_activation_bytes(model, lambda: model(input_ids=ids).last_hidden_state.sum()))
     assert sizes[1] > 3 * sizes[0]
+
+
+def measure_cli(*args):
+    out = subprocess.run([sys.executable, "-m", "harness", "measure", "--json", *args], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)["rows"]
+    return {r["metric"]: r["value"] for r in rows if not r["scope"]}
+
+
+def test_measured_memory_grows_with_batch_and_matches_the_estimate():
+    """Each measurement in its own process, as trials run. Stated tolerance: the tensors a step
+    allocates (measured) are within a factor 1.5 of the analytic estimate (gradients, AdamW states,
+    saved activations) at batch 8 and above; a small batch's transient buffers weigh more."""
+    small, large = (measure_cli("--model", "minilm", "--adapter", "more:nblocks=4,blk_r=4", "--seq-len", "128",
+                                "--batch", str(b), "--what", "memory", "--threads", "2") for b in (2, 16))
+    for metric in ("peak_rss_bytes", "step_rss_bytes", "peak_tensor_bytes", "estimate_activation_bytes"):
+        assert large[metric] > small[metric], metric
+    assert 1 / 1.5 < large["peak_tensor_bytes"] / large["estimate_step_bytes"] < 1.5
+    assert math.isnan(large["peak_memory_allocated_bytes"])  # CUDA only: not measured, never 0
 
 
 def test_peak_rss_sees_a_real_allocation():

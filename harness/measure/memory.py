@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import os
 import resource
+import weakref
 from typing import Callable
 
 import psutil
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .records import Measurement, not_measured
 
@@ -94,15 +96,21 @@ def analytic_estimate(model: nn.Module, activation_bytes: int) -> list[Measureme
     ]
 
 
-def measure_step_memory(step: Callable[[], None], device: torch.device) -> list[Measurement]:
-    """Peak memory of one full step (forward, backward, optimizer) after a warm-up step.
-
-    The baseline is taken after the model loads and before the warm-up, and reported apart; the peak
-    minus that baseline is what the step adds (gradients, optimizer state, activations).
-    """
+def baseline_memory(device: torch.device) -> int:
+    """What the process holds right after the model loads, before any step: the baseline."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        baseline = torch.cuda.memory_allocated(device)
+        return torch.cuda.memory_allocated(device)
+    return current_rss()
+
+
+def measure_step_memory(step: Callable[[], None], device: torch.device, baseline: int) -> list[Measurement]:
+    """Peak memory of one full step (forward, backward, optimizer) after a warm-up step.
+
+    `baseline` is taken after the model loads, before anything ran, and is reported apart; the peak
+    minus that baseline is what training adds (gradients, optimizer state, activations).
+    """
+    if device.type == "cuda":
         step()  # warm-up: optimizer state and allocator caches
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -116,7 +124,6 @@ def measure_step_memory(step: Callable[[], None], device: torch.device) -> list[
             Measurement("step_memory_allocated_bytes", allocated - baseline, "bytes"),
             not_measured("peak_rss_bytes", "bytes", "CPU measurement; this trial ran on CUDA"),
         ]
-    baseline = current_rss()
     step()
     exact = reset_peak_rss()
     step()
@@ -133,3 +140,42 @@ def measure_step_memory(step: Callable[[], None], device: torch.device) -> list[
 
 def allocator_settings() -> dict:
     return {"PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
+
+
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes held by tensors that ops create while the mode is on: torch's own allocations, the CPU
+    counterpart of CUDA's max_memory_allocated, free of the C allocator's caching that inflates RSS.
+
+    Each new storage is counted once, when an op first returns it, and uncounted when its last tensor
+    is garbage-collected (a finalizer on the storage's C object is not available from Python, so the
+    tensor that first held it stands for it: a view that outlives it is a small undercount).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self._seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in torch.utils._pytree.tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                key = t.untyped_storage()._cdata
+                if key not in self._seen:
+                    self._seen.add(key)
+                    size = t.untyped_storage().nbytes()
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t, self._free, key, size)
+        return out
+
+    def _free(self, key, size):
+        self._seen.discard(key)
+        self.live -= size
+
+
+def peak_tensor_bytes(step: Callable[[], None]) -> int:
+    """The peak of what one call of `step` allocates in tensors (already-held tensors not counted)."""
+    with LiveTensorBytes() as tracker:
+        step()
+    return tracker.peak

@@ -152,6 +152,7 @@ def measure_model(model: nn.Module, has_adapter: bool, seq_len: int, batch: int,
     parameters, then memory (the step's peak over the post-load baseline), time, and FLOPs last."""
     on_meta = device_of(model) == "meta"
     dev = torch.device(device_of(model))
+    baseline = None if on_meta else memory.baseline_memory(dev)
     inputs = synthetic_batch(model, batch, seq_len, head, dev)
     tokens = batch * seq_len
     rows: list[Measurement] = [Measurement("tokens_per_batch", tokens, "tokens")]
@@ -177,7 +178,9 @@ def measure_model(model: nn.Module, has_adapter: bool, seq_len: int, batch: int,
             reason = "meta device: no memory to measure" if on_meta else "nothing trainable"
             rows += [not_measured(m, "bytes", reason) for m in ("peak_rss_bytes", *sorted(CUDA_ONLY))]
         else:
-            rows += memory.measure_step_memory(step, dev)
+            rows += memory.measure_step_memory(step, dev, baseline)
+            rows.append(Measurement("peak_tensor_bytes", memory.peak_tensor_bytes(step), "bytes",
+                                    note="tensors one step allocates, at their peak"))
             rows.append(Measurement("trainable_state_bytes", memory.trainable_state_bytes(model, optimizer), "bytes"))
 
     if "time" in what:
