@@ -12,7 +12,8 @@ from .spec import Study, Trial
 from .store import Store
 
 HEADLINE = (("trainable_params", "{:,.0f} params"), ("eval_accuracy", "acc {:.3f}"), ("eval_mcc", "mcc {:.3f}"),
-            ("eval_loss", "eval loss {:.4f}"), ("flops_forward", "{:.3g} FLOP fwd"), ("time_step_s", "{:.3f} s/step"),
+            ("eval_loss", "eval loss {:.4f}"), ("eval_loss_drop_in_se", "loss drop {:.1f} SE"),
+            ("learning_signal", "signal {:.0f}"), ("flops_forward", "{:.3g} FLOP fwd"), ("time_step_s", "{:.3f} s/step"),
             ("peak_rss_bytes", "{:.0f} MiB RSS"))
 
 

@@ -174,17 +174,37 @@ def lr_at(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def evaluation_rows(task, family, model, examples, batch_size, step) -> list[dict]:
+def evaluate(task, family, model, examples, batch_size, step) -> tuple[list[dict], list[float], dict]:
+    """The held-out rows at `step`, the per-example losses, and the metric values."""
     model.eval()
     predictions, losses = family.evaluate(model, examples, batch_size)
     model.train()
     labels = [e.label for e in examples]
     rows = [row("eval_loss", sum(losses) / len(losses), "nats", step),
             row("eval_loss_se", M.standard_error_of_mean(losses), "nats", step)]
-    for name, value in task.score(predictions, labels, with_se=True).items():
+    scores = task.score(predictions, labels, with_se=True)
+    for name, value in scores.items():
         rows.append(row(f"eval_{name}", value, "ratio", step))
     if isinstance(family, DecoderFamily):
         rows.append(row("eval_accuracy_length_normalised", M.accuracy(family.length_normalised, labels), "ratio", step))
+    return rows, losses, scores
+
+
+def learning_signal_rows(task, losses_before, losses_after, scores_after, baseline) -> list[dict]:
+    """Did training move the held-out loss and the task metric? Each margin in units of its standard
+    error from the evaluation set: the loss drop's from the paired per-example differences, the metric's
+    margin over the untrained baseline (majority class or chance) from its bootstrap."""
+    drops = [b - a for b, a in zip(losses_before, losses_after)]
+    drop, drop_se = sum(drops) / len(drops), M.standard_error_of_mean(drops)
+    rows = [row("eval_loss_drop", drop, "nats"), row("eval_loss_drop_se", drop_se, "nats"),
+            row("eval_loss_drop_in_se", drop / drop_se if drop_se else math.nan, "se")]
+    passed = drop > 2 * drop_se
+    for name in task.metrics:
+        margin, se = scores_after[name] - baseline[name], scores_after[f"{name}_se"]
+        rows.append(row(f"eval_{name}_over_baseline_in_se", margin / se if se else math.nan, "se"))
+        passed = passed and margin > 2 * se
+    rows.append(row("learning_signal", float(passed), "bool",
+                    note="1: loss drop and metric margin over the baseline both above 2 standard errors"))
     return rows
 
 
@@ -226,7 +246,8 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
     steps, batch_size = settings["steps"], settings["batch"]
     train_examples = task.train(seed=seed, limit=settings.get("train_examples"))
     eval_examples = task.eval(limit=settings["eval_examples"])
-    for name, value in task.baseline().items():
+    baseline = task.baseline()
+    for name, value in baseline.items():
         rows.append(row(f"baseline_{name}", value, "ratio", note="majority class" if task.kind != "multiple_choice" else "chance"))
 
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -238,7 +259,8 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, steps, warmup))
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.get("dtype", ""))
 
-    rows += evaluation_rows(task, family, model, eval_examples, batch_size, step=0)
+    untrained, losses_before, _ = evaluate(task, family, model, eval_examples, batch_size, step=0)
+    rows += untrained
     model.train()
     memory.reset_peak_rss()
     if device.type == "cuda":
@@ -262,7 +284,7 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
         rows.append(row("train_loss", loss.item(), "nats", step))
         rows.append(row("grad_norm", float(grad_norm), "norm", step))
         if every and step % every == 0 and step != steps:
-            rows += evaluation_rows(task, family, model, eval_examples, batch_size, step=step)
+            rows += evaluate(task, family, model, eval_examples, batch_size, step=step)[0]
     if device.type == "cuda":
         rows.append(row("peak_memory_allocated_bytes", torch.cuda.max_memory_allocated(device), "bytes"))
         rows.append(row("peak_memory_reserved_bytes", torch.cuda.max_memory_reserved(device), "bytes"))
@@ -272,9 +294,10 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
     rows.append(row("train_time_s", train_seconds, "s"))
     rows.append(row("time_step_s", train_seconds / steps, "s", note="mean over the training run"))
     rows.append(row("tokens_per_s", tokens / train_seconds, "tokens/s"))
-    final = evaluation_rows(task, family, model, eval_examples, batch_size, step=steps)
+    final, losses_after, scores_after = evaluate(task, family, model, eval_examples, batch_size, step=steps)
     rows += final
     rows += [dict(r, step=None) for r in final]  # the final values, as DESIGN's empty step
+    rows += learning_signal_rows(task, losses_before, losses_after, scores_after, baseline)
     record = {"model_info": asdict(info), "task": task.name, "head": head, "settings": settings,
               "load_seconds": load_seconds, "eval_examples": len(eval_examples), "env": env.fingerprint(),
               "device": str(device), "adapter": adapter.label if adapter else None}

@@ -29,8 +29,8 @@ def test_a_short_fine_tune_lowers_the_training_loss(adapter, params):
     # the new classification head is trained and counted with the adapter
     assert final(rows, "trainable_params") == final(rows, "adapter_params") + 384 * 2 + 2
     assert final(rows, "baseline_accuracy") > 0.6  # BoolQ's majority class
-    assert {"eval_loss", "eval_loss_se", "eval_accuracy", "eval_accuracy_se", "tokens_per_s", "peak_rss_bytes"} <= {
-        r["metric"] for r in rows}
+    assert {"eval_loss", "eval_loss_se", "eval_accuracy", "eval_accuracy_se", "tokens_per_s", "peak_rss_bytes",
+            "eval_loss_drop_in_se", "eval_accuracy_over_baseline_in_se", "learning_signal"} <= {r["metric"] for r in rows}
 
 
 @pytest.mark.parametrize("adapter,params", [("more", {"nblocks": 4, "blk_r": 2}), ("lora", {"r": 2, "lora_alpha": 4})])
