@@ -105,7 +105,8 @@ def cmd_run(args) -> int:
         moved = store.move_aside()
         if moved:
             print(f"previous results moved to {moved}")
-    counts = run_study(study, trials, make_executor(args.executor, args.jobs, args.address), store, args.retry_failed)
+    jobs = args.jobs or study.jobs
+    counts = run_study(study, trials, make_executor(args.executor, jobs, args.address), store, args.retry_failed)
     # failed trials are recorded and reported, and the study's figures still follow (--strict to fail instead)
     return 1 if args.strict and counts["failed"] else 0
 
@@ -224,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
     r.add_argument("--profile", default=None, help="budget profile (default: gpu when CUDA is available, else cpu)")
     r.add_argument("--executor", default="local", choices=["local", "ray"])
-    r.add_argument("--jobs", type=int, default=1, help="trials at a time (local), or CPUs for a local Ray instance")
+    r.add_argument("--jobs", type=int, default=None,
+                   help="trials at a time (local), or CPUs for a local Ray instance; default: the profile's jobs, else 1")
     r.add_argument("--address", default=None, help="Ray cluster address: auto or ray://host:port")
     r.add_argument("--only", action="append", default=None, metavar="KEY=VALUE", help="run only matching trials")
     r.add_argument("--retry-failed", action="store_true", help="rerun trials that failed before")

@@ -34,7 +34,7 @@ ADAPTER_KEYS = {"method": str, "axes": dict, "zip": dict, "where": list, "lr": l
 PROFILE_KEYS = {"steps": int, "batch": int, "seq_len": int, "eval_every": int, "eval_examples": int,
                 "train_examples": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": float,
                 "seeds": list, "repeats": int, "timeout_s": int, "memory_limit_gb": float, "device": str,
-                "dtype": str, "threads": int, "shapes": list, "pooling": str, "prompt_style": str}
+                "dtype": str, "threads": int, "shapes": list, "pooling": str, "prompt_style": str, "jobs": int}
 
 
 class StudyError(ValueError):
@@ -69,6 +69,7 @@ class Study:
     path: Path
     raw: dict
     trials: list[Trial] = field(default_factory=list)
+    jobs: int = 1  # trials at a time the profile suggests (--jobs overrides); not part of any trial
 
 
 def study_path(name_or_path: str) -> Path:
@@ -174,6 +175,7 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_dims=None) -> Stud
     if profile not in profiles:
         raise StudyError(path, "profiles", f"no profile {profile!r}; this study has {', '.join(profiles)}")
     budget = dict(profiles[profile] or {})
+    jobs = budget.pop("jobs", 1)
     measure = raw.get("measure", list(MEASUREMENTS))
     for m in measure:
         if m not in MEASUREMENTS:
@@ -203,7 +205,7 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_dims=None) -> Stud
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
         raise StudyError(path, "adapters", "two grid points resolve to the same trial; remove the duplicate")
-    return Study(raw["name"], raw.get("description", ""), path, raw, trials)
+    return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs)
 
 
 def _check_models(path, models) -> None:
