@@ -231,20 +231,26 @@ def trial_quality(results: pd.DataFrame, q: Quality, x_metric: str | None = None
     table["y_se"] = table[q.se_column] * q.scale
     table["x"] = table[x_metric] if x_metric else table[x_column]
     table = table[table["x"].notna()]
+    if "adapter" in table:
+        table = table[table["adapter"] != "none"]  # controls are drawn as reference lines
     if table.empty:
         raise NothingToDraw(f"no trial has both {q.column} and {x_metric or x_column}")
     return table
 
 
 def keep_best_lr(table: pd.DataFrame, higher_is_better: bool) -> tuple[pd.DataFrame, int]:
-    """When a study sweeps learning rates, each configuration keeps its best (mean over seeds)."""
-    if "lr" not in table or table["lr"].nunique() <= 1:
+    """When a study sweeps learning rates, each configuration keeps its best (mean over seeds). Returns the
+    most learning rates any one configuration was tried with (families with one rate each count 1)."""
+    keys = [k for k in config_keys(table) if k != "lr"]
+    if "lr" not in table:
         return table, 1
-    keys = config_keys(table)
+    tried = int(table.groupby(keys, dropna=False)["lr"].nunique().max())
+    if tried <= 1:
+        return table, 1
     means = table.groupby(keys + ["lr"], dropna=False)["y"].mean().reset_index()
     pick = "idxmax" if higher_is_better else "idxmin"
     best = means.loc[getattr(means.groupby(keys, dropna=False)["y"], pick)()]
-    return table.merge(best[keys + ["lr"]], on=keys + ["lr"]), table["lr"].nunique()
+    return table.merge(best[keys + ["lr"]], on=keys + ["lr"]), tried
 
 
 def summarise_seeds(table: pd.DataFrame, bounds=(-math.inf, math.inf)) -> pd.DataFrame:
@@ -267,20 +273,27 @@ def error_bars(points: pd.DataFrame):
 
 
 def baselines(results: pd.DataFrame, q: Quality) -> pd.DataFrame:
-    """The untrained reference per model and task: the majority class (or chance), or the step-0 loss."""
-    if q.metric == "loss":
-        table, text = per_trial(ok_only(results), ["eval_loss"], step=0), "untrained model (step 0)"
-        column = "eval_loss"
-    else:
+    """Horizontal references per model and task: the majority class (or chance) for a metric, the untrained
+    model (step 0), and the control trials that train no adapter (no parameters to place on a log axis)."""
+    ok = ok_only(results)
+    references = []
+    if q.metric != "loss":
         column = f"baseline_{q.metric}"
-        table, text = per_trial(ok_only(results), [column]), f"untrained: {notes_of(results, column) or 'baseline'}"
-    table = table[table[column].notna()]
-    if table.empty:
-        return pd.DataFrame(columns=["model", "task", "y", "text"])
-    lines = table.groupby(["model", "task"])[column].median().reset_index()
-    lines["y"] = lines[column] * q.scale
-    lines["text"] = text
-    return lines
+        references.append((per_trial(ok, [column]), column, f"untrained: {notes_of(results, column) or 'baseline'}"))
+    references.append((per_trial(ok, [q.column], step=0), q.column, "untrained model (step 0)"))
+    controls = per_trial(ok[ok["adapter"].isin(["none"])], [q.column]) if "adapter" in ok else pd.DataFrame()
+    if not controls.empty:
+        label = unique_text(controls, "label") or "no adapter"
+        references.append((controls, q.column, f"control: {label}"))
+    lines = []
+    for table, column, text in references:
+        table = table[table[column].notna()] if column in table else table.iloc[0:0]
+        if table.empty:
+            continue
+        line = table.groupby(["model", "task"])[column].median().reset_index()
+        line["y"], line["text"] = line[column] * q.scale, text
+        lines.append(line[["model", "task", "y", "text"]])
+    return pd.concat(lines, ignore_index=True) if lines else pd.DataFrame(columns=["model", "task", "y", "text"])
 
 
 # ---- drawing ---------------------------------------------------------------------------------------
@@ -355,8 +368,9 @@ def draw_ours(ax, points: pd.DataFrame, colours: dict, lines: pd.DataFrame) -> N
     for (model, task, series), group in points.groupby(["model", "task", "series"], dropna=False):
         marker = OURS_MARKERS[combos.index((model, task)) % len(OURS_MARKERS)]
         draw_series(ax, group, colours[series], f"ours · {model} / {task} · {series}", marker, False)
-    for _, line in lines.iterrows():
-        ax.axhline(line["y"], color="0.35", linestyle=":", linewidth=1,
+    styles = [":", "-.", (0, (1, 3))]
+    for i, (_, line) in enumerate(lines.iterrows()):
+        ax.axhline(line["y"], color="0.35", linestyle=styles[i % len(styles)], linewidth=1,
                    label=f"{line['text']} · {line['model']} / {line['task']}")
 
 
