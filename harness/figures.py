@@ -338,8 +338,10 @@ def save(fig, out_dir, name: str) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    # no creation date or software version in the files: the same tables redraw the same bytes
+    metadata = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
     for path in paths:
-        fig.savefig(path, bbox_inches="tight")
+        fig.savefig(path, bbox_inches="tight", metadata=metadata[path.suffix[1:]])
     plt.close(fig)
     return paths
 
