@@ -65,6 +65,13 @@ class PaperScaleModel:
     hub_id: str = ""  # where its pretrained weights live on the Hugging Face hub
 
 
+def _llama(hidden: int, intermediate: int, layers: int, heads: int) -> dict:
+    """The published LLaMA-1 dimensions: 32k vocabulary, full multi-head attention, untied output head."""
+    return dict(vocab_size=32000, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+                num_attention_heads=heads, num_key_value_heads=heads, max_position_embeddings=4096,
+                rms_norm_eps=1e-5, tie_word_embeddings=False)
+
+
 PAPER_SCALE = {
     "roberta-large": PaperScaleModel(
         "roberta-large", "roberta", "AutoModel",
@@ -73,20 +80,10 @@ PAPER_SCALE = {
              bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5),
         hub_id="FacebookAI/roberta-large",
     ),
-    "llama-7b": PaperScaleModel(
-        "llama-7b", "llama", "AutoModelForCausalLM",
-        dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-             num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096, rms_norm_eps=1e-5,
-             tie_word_embeddings=False),
-        hub_id="huggyllama/llama-7b",
-    ),
-    "llama-13b": PaperScaleModel(
-        "llama-13b", "llama", "AutoModelForCausalLM",
-        dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-             num_attention_heads=40, num_key_value_heads=40, max_position_embeddings=4096, rms_norm_eps=1e-5,
-             tie_word_embeddings=False),
-        hub_id="huggyllama/llama-13b",
-    ),
+    "llama-7b": PaperScaleModel("llama-7b", "llama", "AutoModelForCausalLM", _llama(4096, 11008, 32, 32),
+                                hub_id="huggyllama/llama-7b"),
+    "llama-13b": PaperScaleModel("llama-13b", "llama", "AutoModelForCausalLM", _llama(5120, 13824, 40, 40),
+                                 hub_id="huggyllama/llama-13b"),
 }
 PAPER_SUFFIX = "@paper"
 
