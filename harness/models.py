@@ -271,6 +271,17 @@ def _load_pretrained(name, source, head, num_labels, device, dtype, pooling) -> 
     return LoadedModel(model, tokenizer, info)
 
 
+def is_decoder(name: str) -> bool:
+    """Whether a model name (registered, paper-scale, folder or hub id) is a decoder, read without loading weights."""
+    if name in MODELS:
+        return MODELS[name].architecture == "decoder"
+    if name.endswith(PAPER_SUFFIX):
+        return PAPER_SCALE[name.removesuffix(PAPER_SUFFIX)].auto_class == "AutoModelForCausalLM"
+    import transformers
+
+    return _is_decoder(transformers.AutoConfig.from_pretrained(name))
+
+
 def _is_decoder(config) -> bool:
     architectures = getattr(config, "architectures", None) or []
     return any(arch.endswith(("ForCausalLM", "LMHeadModel")) for arch in architectures)  # GPT2LMHeadModel too

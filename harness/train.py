@@ -29,18 +29,11 @@ from . import metrics as M
 from .measure import env, memory
 from .measure.params import adapter_file_bytes, parameter_counts
 from .measure.trial import apply_adapter, new_heads
-from .models import MODELS, load_model
+from .models import is_decoder, load_model
 from .tasks import load_task
 
 DEFAULTS = {"steps": 100, "batch": 8, "seq_len": 128, "eval_every": 0, "eval_examples": 300, "warmup_ratio": 0.1,
             "weight_decay": 0.0, "max_grad_norm": 1.0, "lr": 1e-3, "prompt_style": "llm_adapters"}
-
-
-def is_decoder(model_name: str, model) -> bool:
-    entry = MODELS.get(model_name)
-    if entry is not None:
-        return entry.architecture == "decoder"
-    return bool(getattr(model.config, "is_decoder", False)) or model.config.model_type in ("llama", "mistral", "qwen2", "gpt2")
 
 
 # ---- batches ------------------------------------------------------------------------------------
@@ -220,7 +213,7 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
     task = load_task(config["task"])
     started = time.perf_counter()
 
-    decoder = MODELS.get(config["model"]) is not None and MODELS[config["model"]].architecture == "decoder"
+    decoder = is_decoder(config["model"])
     if decoder:
         head, num_labels = "causal_lm", None
     elif task.kind == "multiple_choice":

@@ -280,18 +280,20 @@ def monarch_dense(w1: Tensor, w2: Tensor, in_features: int, out_features: int) -
     return blocks.transpose(0, 1).reshape(s * k, k * p)[:out_features, :in_features]  # P2, then truncate
 
 
+KERNELS = {
+    "auto": monarch_multiply,
+    "bmm": functools.partial(monarch_multiply, backend="bmm"),
+    "triton": functools.partial(monarch_multiply, backend="triton"),
+    "reference": monarch_reference,
+}
+
+
 def monarch_kernel(name: str):
     """The multiply behind a config's `kernel` field.
 
     "auto", "bmm" and "triton" all run the custom op `more::monarch` (same FLOP formula, same backward),
     differing only in its backend; "reference" is the plain path.
     """
-    kernels = {
-        "auto": monarch_multiply,
-        "bmm": functools.partial(monarch_multiply, backend="bmm"),
-        "triton": functools.partial(monarch_multiply, backend="triton"),
-        "reference": monarch_reference,
-    }
-    if name not in kernels:
-        raise ValueError(f"Unknown MoRe kernel {name!r}; choose one of {sorted(kernels)}.")
-    return kernels[name]
+    if name not in KERNELS:
+        raise ValueError(f"Unknown MoRe kernel {name!r}; choose one of {sorted(KERNELS)}.")
+    return KERNELS[name]

@@ -29,11 +29,6 @@ class TrialMeasurement:
     record: dict = field(default_factory=dict)
 
 
-def default_head(model_type: str) -> str:
-    decoders = {"llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt2", "phi3"}
-    return "causal_lm" if model_type in decoders else "sequence_classification"
-
-
 def synthetic_batch(model: nn.Module, batch: int, seq_len: int, head: str, device: torch.device, seed: int = 0) -> dict:
     config = model.config
     generator = torch.Generator().manual_seed(seed)
@@ -86,14 +81,13 @@ def apply_adapter(model: nn.Module, spec: AdapterSpec | None, head: str, target_
 def prepare_model(model_name: str, adapter: AdapterSpec | None, device: str = "cpu", head: str | None = None,
                   target_modules=None, num_labels: int | None = None):
     """Loads a model with its head and puts the adapter on it: (model, tokenizer, info)."""
-    from ..models import MODELS, load_model
+    from ..models import is_decoder, load_model
 
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device cuda was asked for, but no CUDA device is available here. Use device cpu.")
-    entry = MODELS.get(model_name)
-    if head is None and entry is not None:
-        head = "causal_lm" if entry.architecture == "decoder" else "sequence_classification"
+    if head is None:
+        head = "causal_lm" if is_decoder(model_name) else "sequence_classification"
     if head == "sequence_classification" and num_labels is None:
         num_labels = 2
     model, tokenizer, info = load_model(model_name, head=head, num_labels=num_labels,
