@@ -82,15 +82,17 @@ def run_study(study: Study, trials: list[Trial], executor, store: Store, retry_f
     bar = tqdm(total=len(work.todo), unit="trial", dynamic_ncols=True, disable=not work.todo)
 
     def on_result(trial: Trial, result: dict) -> None:
+        details = result.get("record") or {}
         record = {
             "trial_id": trial.id, "study": study.name, "config": trial.config,
             "status": result.get("status", "failed"), "error_type": result.get("error_type"),
             "error": result.get("error"), "traceback_tail": result.get("traceback_tail"),
             "duration_s": result.get("duration_s"), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "rows": result.get("rows", []), **(result.get("record") and {"record": result["record"]} or {}),
+            "rows": result.get("rows", []), "env": details.get("env"),
+            "device": details.get("device", trial.config.get("device", "cpu")),
         }
-        record["env"] = (result.get("record") or {}).get("env")
-        record["device"] = (result.get("record") or {}).get("device", trial.config.get("device", "cpu"))
+        if details:
+            record["record"] = details
         store.write(record)
         counts[record["status"]] += 1
         bar.update(1)

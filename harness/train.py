@@ -27,7 +27,8 @@ from torch import nn
 
 from . import metrics as M
 from .measure import env, memory
-from .measure.params import adapter_file_bytes, parameter_counts
+from .measure.params import parameter_rows
+from .measure.records import Measurement
 from .measure.trial import apply_adapter, new_heads
 from .models import is_decoder, load_model
 from .tasks import load_task
@@ -202,7 +203,8 @@ def learning_signal_rows(task, losses_before, losses_after, scores_after, baseli
 
 
 def row(metric, value, unit, step=None, scope="", note="") -> dict:
-    return {"metric": metric, "value": float(value), "unit": unit, "step": step, "scope": scope, "note": note}
+    """A Measurement as the dict a trial returns."""
+    return Measurement(metric, float(value), unit, step, scope, note).as_dict()
 
 
 def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
@@ -231,8 +233,7 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
     model = apply_adapter(model, adapter, head, config.get("target_modules"))  # new heads trained via modules_to_save
     family = (DecoderFamily(task, tokenizer, settings["seq_len"], device, settings["prompt_style"]) if decoder
               else EncoderFamily(task, tokenizer, settings["seq_len"], device, info.pooling))
-    rows = [m.as_dict() for m in parameter_counts(model)]
-    rows.append(adapter_file_bytes(model).as_dict() if adapter is not None else row("adapter_file_bytes", math.nan, "bytes"))
+    rows = [m.as_dict() for m in parameter_rows(model, adapter is not None)]
     baseline_rss = memory.current_rss()
     load_seconds = time.perf_counter() - started
 
@@ -282,8 +283,9 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
         rows.append(row("peak_memory_allocated_bytes", torch.cuda.max_memory_allocated(device), "bytes"))
         rows.append(row("peak_memory_reserved_bytes", torch.cuda.max_memory_reserved(device), "bytes"))
     else:
-        rows.append(row("peak_rss_bytes", memory.peak_rss(), "bytes"))
-        rows.append(row("train_rss_bytes", memory.peak_rss() - baseline_rss, "bytes", note="peak during training minus after load"))
+        peak = memory.peak_rss()
+        rows.append(row("peak_rss_bytes", peak, "bytes"))
+        rows.append(row("train_rss_bytes", peak - baseline_rss, "bytes", note="peak during training minus after load"))
     rows.append(row("train_time_s", train_seconds, "s"))
     rows.append(row("time_step_s", train_seconds / steps, "s", note="mean over the training run"))
     rows.append(row("tokens_per_s", tokens / train_seconds, "tokens/s"))

@@ -10,7 +10,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from safetensors.torch import save_file
 from torch import nn
 
-from .records import Measurement
+from .records import Measurement, not_measured
 
 
 def _unique_parameters(model: nn.Module):
@@ -67,3 +67,9 @@ def adapter_file_bytes(model: nn.Module, adapter_name: str = "default") -> Measu
         path = os.path.join(folder, "adapter_model.safetensors")
         save_file(tensors, path, metadata={"format": "pt"})
         return Measurement("adapter_file_bytes", os.path.getsize(path), "bytes")
+
+
+def parameter_rows(model: nn.Module, has_adapter: bool) -> list[Measurement]:
+    """The counts and the saved adapter's size; without an adapter the size is not measured, never 0."""
+    size = adapter_file_bytes(model) if has_adapter else not_measured("adapter_file_bytes", "bytes", "no adapter")
+    return parameter_counts(model) + [size]

@@ -152,9 +152,7 @@ def measure_model(model: nn.Module, has_adapter: bool, seq_len: int, batch: int,
     rows: list[Measurement] = [Measurement("tokens_per_batch", tokens, "tokens")]
 
     if "params" in what:
-        rows += params.parameter_counts(model)
-        rows.append(params.adapter_file_bytes(model) if has_adapter else
-                    not_measured("adapter_file_bytes", "bytes", "no adapter"))
+        rows += params.parameter_rows(model, has_adapter)
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr) if trainable and not on_meta else None

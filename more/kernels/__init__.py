@@ -5,11 +5,3 @@
 call may use it), so `import more` never needs triton, and TRITON_INTERPRET can still be set first.
 """
 
-
-def triton_available() -> bool:
-    """Whether triton can be imported (it is an optional extra: `pip install more-harness[triton]`)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
