@@ -111,6 +111,11 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
     return frame
 
 
+def final_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each trial's final whole-model measurements: the rows with no step and no module scope."""
+    return frame[(frame["scope"].fillna("") == "") & frame["step"].isna()]
+
+
 def load(study: str, results_dir: Path | str | None = None) -> pd.DataFrame:
     """The study's measurements joined with its trials' config columns: one row per measurement."""
     root = Path(results_dir or RESULTS_DIR) / study
