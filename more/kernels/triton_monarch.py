@@ -249,9 +249,21 @@ def _launch_sizes(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[int, int, int, int
     return rows, x.shape[-1], k, r, p, w2.shape[1]
 
 
-def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int,
-                    tiles: Tiles) -> tuple[Tensor, Tensor]:
-    """(y, h) as the custom op `more::monarch` returns them, from one kernel launch at `tiles`."""
+def kernel_stats(compiled) -> dict:
+    """Registers per thread and spilled registers of a compiled kernel (the value a launch returns); None
+    where Triton does not say (the CPU interpreter)."""
+    return {"n_regs": getattr(compiled, "n_regs", None), "n_spills": getattr(compiled, "n_spills", None)}
+
+
+def _record(stats: dict | None, name: str, compiled) -> None:
+    if stats is not None:
+        stats[name] = kernel_stats(compiled)
+
+
+def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, tiles: Tiles,
+                    stats: dict | None = None) -> tuple[Tensor, Tensor]:
+    """(y, h) as the custom op `more::monarch` returns them, from one kernel launch at `tiles`.
+    `stats`, when given, receives the compiled kernel's register and spill counts (see kernel_stats)."""
     _check_inputs(x, w1, w2)
     rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
     x2 = x.reshape(rows, in_features).contiguous()
@@ -261,18 +273,20 @@ def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int,
     if rows:
         grid = (triton.cdiv(rows, tiles.block_rows),)
         with _on_device_of(x):
-            _monarch_forward_kernel[grid](
+            compiled = _monarch_forward_kernel[grid](
                 x2, w1.contiguous(), w2.contiguous(), h, y, rows, in_features, out_features, k, r, p, s,
                 DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
             )
+            _record(stats, "forward", compiled)
     return y.view(*x.shape[:-1], out_features), h
 
 
 def monarch_backward(
     dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, need_dx: bool, need_dw1: bool, need_dw2: bool,
-    tiles: Tiles,
+    tiles: Tiles, stats: dict | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(dx, dw1, dw2) with None for a gradient not asked for, which is never computed."""
+    """(dx, dw1, dw2) with None for a gradient not asked for, which is never computed. `stats` as for
+    monarch_forward."""
     _check_inputs(x, w1, w2)
     rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
     dx = dw1 = dw2 = None
@@ -283,10 +297,11 @@ def monarch_backward(
         if rows:
             grid = (triton.cdiv(rows, tiles.block_rows),)
             with _on_device_of(x):
-                _monarch_backward_input_kernel[grid](
+                compiled = _monarch_backward_input_kernel[grid](
                     dy2, w1.contiguous(), w2.contiguous(), dh, dx2, rows, in_features, dy.shape[-1], k, r, p, s,
                     COMPUTE_DX=need_dx, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
                 )
+                _record(stats, "backward_dx" if need_dx else "backward_dh", compiled)
         if need_dx:
             dx = dx2.view(x.shape)
         if need_dw1:
