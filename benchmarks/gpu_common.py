@@ -68,7 +68,8 @@ class Plan:
     @staticmethod
     def full() -> "Plan":
         shapes = [(4096, 4096), (4096, 11008), (11008, 4096)]
-        factors = [(4, 4), (16, 4), (4, 16)]  # (nblocks, blk_r): the paper default first
+        # (nblocks, blk_r): the paper default first; k*r = 16 and 64 run the expanded second factor, 128 per block
+        factors = [(4, 4), (16, 4), (4, 32)]
         return Plan(
             dry_run=False, device="cuda",
             smoke=[(i, o, k, r, "bfloat16") for k, r in factors for i, o in shapes] + [(4096, 4096, 4, 4, "float32")],
@@ -85,7 +86,8 @@ class Plan:
     def dry() -> "Plan":
         return Plan(
             dry_run=True, device="cpu",
-            smoke=[(64, 48, 4, 4, "bfloat16"), (64, 48, 4, 4, "float32")], smoke_tokens=40,
+            smoke=[(64, 48, 4, 4, "bfloat16"), (64, 48, 16, 8, "bfloat16"), (64, 48, 4, 4, "float32")],
+            smoke_tokens=40,
             bench=[(64, 48, 40, 4, 4)], dtype="float32", repeats=3, warmup=1, flush_bytes=1 << 20,
             copy_bytes=1 << 20,
             models={"llama-7b@paper": dict(config=TINY_LLAMA, batch=2, seq=16),

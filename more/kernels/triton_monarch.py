@@ -1,32 +1,30 @@
 """Fused Triton kernels for the Monarch multiply y = P2 . BD2 . P1 . BD1 . pad(x), truncated to `out`.
 
 Notation as in `more.ops`: x (B, in), w1 (k, r, p), w2 (k, s, r), h[b, j*r + i] the first factor's output.
+NBLOCKS (k) and BLK_R (r) are compile-time constants; every tl.dot is a 2-D product with an fp32 accumulator.
 
 Forward, one launch, one program per tile of BLOCK_ROWS tokens:
-1. first factor, block j at a time: h[b, j*r + i] = sum_q x[b, j*p + q] w1[j, i, q] (2D tl.dot, the input
-   zero-padded by masked loads); each x element is read once. The tile of h is stored to global memory.
-2. a barrier, then the second factor, GROUP blocks c at a time as one batched (3D) tl.dot. P1 is the load
-   address: g[c, b, a] = h[b, a*k + c], read back from the tile this program just wrote (it is still in
-   L1/L2). P2 is the store address: out[c, b, t] goes to y[b, t*k + c], masked to t*k + c < out; each
-   y element is written once.
+1. first factor, block j at a time: h[b, j*r + i] = sum_q x[b, j*p + q] w1[j, i, q] (the input zero-padded
+   by masked loads); each x element is read once. The tile of h is stored to global memory (the backward
+   needs it for dw2) and, after a barrier, read back by the second factor from L1/L2.
+2. second factor, two ways chosen at compile time (EXPANDED):
+   - expanded (k*r padded to a power of two KR_PAD <= EXPANDED_MAX_KR, MoRe's regime: 16 at the paper's
+     default): y[b, n0:n0+BLOCK_OUT] = h[b, :] @ W[:, n0:n0+BLOCK_OUT], with W = P2 . BD2 . P1 the (k*r x out)
+     matrix of `more.bmm.second_factor_matrix`, gathered tile by tile from w2 by address (zero off the
+     permuted block diagonal). h is read contiguously, y written in contiguous tiles, P1 and P2 cost nothing;
+     the price is k times the second factor's multiply-adds, on tensor cores that have them to spare.
+   - per block (larger k*r): for each block c, g[b, a] = h[b, a*k + c] (P1 as the load address) times
+     w2[c]^T, stored to y[b, t*k + c] (P2 as the store address).
 
-h goes through memory rather than staying in registers, a deliberate choice: it is small (k*r values
-per token against `out` for y; 16 against 4096 at the paper's default), the backward needs it for dw2
-anyway (so it is stored, not recomputed: recomputing would read x again), and P1 is a general permutation
-that Triton applies to register tensors only by power-of-two reshapes or tl.gather, both of which need the
-whole (BLOCK_ROWS x k*r) tile of h in registers; k*r reaches 64*64. Read back by address, P1 works for every
-k and r, non-powers of two included, with registers bounded by the tile sizes below rather than by k*r.
+Backward, dh and dx in one launch, the forward's mirror: dh = dy @ W^T (expanded: contiguous dy tiles, an
+accumulator over the output tiles), or per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a]; then,
+when dx is asked for, a barrier and dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q]. dh is stored because
+dw1 needs it. The weight gradients are reductions over all tokens into small tensors; they run as cuBLAS
+products (`more.bmm`), which already split the token reduction across the GPU.
 
-Backward, dh and dx in one launch, the forward's mirror: dg[c, b, a] = sum_t dy[b, t*k + c] w2[c, t, a]
-(3D tl.dot; P2 inverse in the dy load address), stored as dh[b, a*k + c] (P1 inverse in the store address);
-then, when dx is asked for, a barrier and dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q]. dh is stored
-because dw1 needs it. The weight gradients are reductions over all tokens into small tensors; they run as
-cuBLAS products (`dw1 = dh_blocks^T @ x_blocks` on strided views, dw2 as in `more.ops`), which already
-split the token reduction across the GPU; a Triton version would need atomics or a second pass for that.
-
-tl.dot needs each dimension >= 16: r is padded inside the kernels to BLOCK_R >= 16 (masked loads give
-zeros), so are the tile widths. Accumulation is fp32 for every input dtype; outputs, h and dh are stored in
-the input dtype, as the bmm path does.
+tl.dot needs each dimension >= 16: r and k*r are padded inside the kernels (masked loads give zeros), so are
+the tile widths. Accumulation is fp32 for every input dtype; outputs, h and dh are stored in the input dtype,
+as the bmm path does.
 
 Which calls run these kernels, and at which of `candidate_tiles`, is decided by `more.dispatch`; this module
 only launches them. The weight-gradient products come from `more.bmm`.
@@ -43,109 +41,134 @@ from torch import Tensor
 
 from ..bmm import bmm_backward, first_factor_weight_grad
 
-# Upper bound on the elements of each register tile; it sets the group and tile sizes below.
+# Upper bound on the elements of each register tile; it sets the tile sizes below.
 TILE_ELEMENTS = 8192
+# The expanded second factor while k*r, padded to a power of two, is at most this.
+EXPANDED_MAX_KR = 64
 
 
-@triton.jit(do_not_specialize=["rows", "blk_r"])
+@triton.jit(do_not_specialize=["rows"])
 def _monarch_forward_kernel(
     x_ptr, w1_ptr, w2_ptr, h_ptr, y_ptr,
-    rows, in_features, out_features, nblocks, blk_r, in_blksz, out_blksz,
-    BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr,
-    GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    rows, in_features, out_features, in_blksz, out_blksz,
+    NBLOCKS: tl.constexpr, BLK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr, KR_PAD: tl.constexpr, EXPANDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = row < rows
     row = row.to(tl.int64)  # B * in can pass 2**31
-    features = nblocks * blk_r
+    FEATURES = NBLOCKS * BLK_R
     i = tl.arange(0, BLOCK_R)
     q = tl.arange(0, BLOCK_IN)
 
     # First factor, one block at a time: h[b, j*r + i] = sum_q x[b, j*p + q] w1[j, i, q].
-    for j in range(nblocks):
+    for j in range(NBLOCKS):
         acc = tl.zeros((BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
         for q0 in range(0, in_blksz, BLOCK_IN):
             col = j * in_blksz + q0 + q
             col_ok = (q0 + q < in_blksz) & (col < in_features)  # zero-pads x past in_features
             x_tile = tl.load(x_ptr + row[:, None] * in_features + col[None, :],
                              mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-            w1_tile = tl.load(w1_ptr + (j * blk_r + i[None, :]) * in_blksz + q0 + q[:, None],  # (BLOCK_IN, BLOCK_R)
-                              mask=(i[None, :] < blk_r) & (q0 + q[:, None] < in_blksz), other=0.0)
+            w1_tile = tl.load(w1_ptr + (j * BLK_R + i[None, :]) * in_blksz + q0 + q[:, None],  # (BLOCK_IN, BLOCK_R)
+                              mask=(i[None, :] < BLK_R) & (q0 + q[:, None] < in_blksz), other=0.0)
             acc = tl.dot(x_tile, w1_tile, acc, input_precision=DOT_PRECISION)
-        tl.store(h_ptr + row[:, None] * features + j * blk_r + i[None, :], acc.to(h_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (i[None, :] < blk_r))
+        tl.store(h_ptr + row[:, None] * FEATURES + j * BLK_R + i[None, :], acc.to(h_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (i[None, :] < BLK_R))
 
-    # All threads of the program must have stored their part of h before any reads it permuted.
+    # All threads of the program must have stored their part of h before any reads it back.
     tl.debug_barrier()
 
-    # Second factor, GROUP blocks at a time: out[c, b, t] = sum_a g[c, b, a] w2[c, t, a].
-    rows3 = row[None, :, None]
-    rows3_ok = row_ok[None, :, None]
-    a_last = tl.arange(0, BLOCK_R)[None, None, :]
-    a_mid = tl.arange(0, BLOCK_R)[None, :, None]
-    t_last = tl.arange(0, BLOCK_OUT)[None, None, :]
-    for c0 in range(0, nblocks, GROUP):
-        c = c0 + tl.arange(0, GROUP)[:, None, None]
-        c_ok = c < nblocks
-        # P1 as an address: g[c, b, a] = h[b, a*k + c].
-        g = tl.load(h_ptr + rows3 * features + a_last * nblocks + c,
-                    mask=rows3_ok & c_ok & (a_last < blk_r), other=0.0)  # (GROUP, BLOCK_ROWS, BLOCK_R)
-        for t0 in range(0, out_blksz, BLOCK_OUT):
-            t = t0 + t_last
-            w2_tile = tl.load(w2_ptr + (c * out_blksz + t) * blk_r + a_mid,
-                              mask=c_ok & (t < out_blksz) & (a_mid < blk_r), other=0.0)  # (GROUP, BLOCK_R, BLOCK_OUT)
-            out = tl.dot(g, w2_tile, input_precision=DOT_PRECISION)  # (GROUP, BLOCK_ROWS, BLOCK_OUT)
-            # P2 as an address: out[c, b, t] -> y[b, t*k + c], truncated to out_features.
-            col = t * nblocks + c
-            tl.store(y_ptr + rows3 * out_features + col, out.to(y_ptr.dtype.element_ty),
-                     mask=rows3_ok & c_ok & (col < out_features))
+    n = tl.arange(0, BLOCK_OUT)
+    if EXPANDED:
+        # y[b, col] = sum_f h[b, f] W[f, col]; W[f, t*k + c] = w2[c, t, a] where f = a*k + c, else 0.
+        f = tl.arange(0, KR_PAD)
+        f_c, f_a = f % NBLOCKS, f // NBLOCKS
+        h_tile = tl.load(h_ptr + row[:, None] * FEATURES + f[None, :],
+                         mask=row_ok[:, None] & (f[None, :] < FEATURES), other=0.0)  # (BLOCK_ROWS, KR_PAD)
+        for n0 in range(0, out_features, BLOCK_OUT):
+            col = n0 + n
+            col_ok = col < out_features
+            w_tile = tl.load(w2_ptr + (f_c[:, None] * out_blksz + col[None, :] // NBLOCKS) * BLK_R + f_a[:, None],
+                             mask=(f[:, None] < FEATURES) & (f_c[:, None] == col[None, :] % NBLOCKS) & col_ok[None, :],
+                             other=0.0)  # (KR_PAD, BLOCK_OUT)
+            out = tl.dot(h_tile, w_tile, input_precision=DOT_PRECISION)
+            tl.store(y_ptr + row[:, None] * out_features + col[None, :], out.to(y_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & col_ok[None, :])
+    else:
+        # Per block c: out[b, t] = sum_a h[b, a*k + c] w2[c, t, a] (P1 as the load address), to y[b, t*k + c] (P2).
+        for c in range(NBLOCKS):
+            g = tl.load(h_ptr + row[:, None] * FEATURES + i[None, :] * NBLOCKS + c,
+                        mask=row_ok[:, None] & (i[None, :] < BLK_R), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
+            for t0 in range(0, out_blksz, BLOCK_OUT):
+                t = t0 + n
+                w2_tile = tl.load(w2_ptr + (c * out_blksz + t[None, :]) * BLK_R + i[:, None],  # (BLOCK_R, BLOCK_OUT)
+                                  mask=(i[:, None] < BLK_R) & (t[None, :] < out_blksz), other=0.0)
+                out = tl.dot(g, w2_tile, input_precision=DOT_PRECISION)
+                col = t * NBLOCKS + c
+                tl.store(y_ptr + row[:, None] * out_features + col[None, :], out.to(y_ptr.dtype.element_ty),
+                         mask=row_ok[:, None] & (t[None, :] < out_blksz) & (col[None, :] < out_features))
 
 
-@triton.jit(do_not_specialize=["rows", "blk_r"])
+@triton.jit(do_not_specialize=["rows"])
 def _monarch_backward_input_kernel(
     dy_ptr, w1_ptr, w2_ptr, dh_ptr, dx_ptr,
-    rows, in_features, out_features, nblocks, blk_r, in_blksz, out_blksz,
+    rows, in_features, out_features, in_blksz, out_blksz,
     COMPUTE_DX: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr,
-    GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NBLOCKS: tl.constexpr, BLK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr, KR_PAD: tl.constexpr, EXPANDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = row < rows
     row = row.to(tl.int64)
-    features = nblocks * blk_r
+    FEATURES = NBLOCKS * BLK_R
+    i = tl.arange(0, BLOCK_R)
+    n = tl.arange(0, BLOCK_OUT)
 
-    # Second factor transposed, GROUP blocks at a time: dg[c, b, a] = sum_t dy[b, t*k + c] w2[c, t, a].
-    rows3 = row[None, :, None]
-    rows3_ok = row_ok[None, :, None]
-    a_last = tl.arange(0, BLOCK_R)[None, None, :]
-    t_last = tl.arange(0, BLOCK_OUT)[None, None, :]
-    t_mid = tl.arange(0, BLOCK_OUT)[None, :, None]
-    for c0 in range(0, nblocks, GROUP):
-        c = c0 + tl.arange(0, GROUP)[:, None, None]
-        c_ok = c < nblocks
-        acc = tl.zeros((GROUP, BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
-        for t0 in range(0, out_blksz, BLOCK_OUT):
-            col = (t0 + t_last) * nblocks + c  # P2 inverse as an address; dy is zero past out_features
-            dy_tile = tl.load(dy_ptr + rows3 * out_features + col,
-                              mask=rows3_ok & c_ok & (col < out_features), other=0.0)  # (GROUP, BLOCK_ROWS, BLOCK_OUT)
-            w2_tile = tl.load(w2_ptr + (c * out_blksz + t0 + t_mid) * blk_r + a_last,  # (GROUP, BLOCK_OUT, BLOCK_R)
-                              mask=c_ok & (t0 + t_mid < out_blksz) & (a_last < blk_r), other=0.0)
-            acc = tl.dot(dy_tile, w2_tile, acc, input_precision=DOT_PRECISION)
-        # P1 inverse as an address: dh[b, a*k + c] = dg[c, b, a].
-        tl.store(dh_ptr + rows3 * features + a_last * nblocks + c, acc.to(dh_ptr.dtype.element_ty),
-                 mask=rows3_ok & c_ok & (a_last < blk_r))
+    if EXPANDED:
+        # dh[b, f] = sum_col dy[b, col] W[f, col]: contiguous dy tiles, one accumulator.
+        f = tl.arange(0, KR_PAD)
+        f_c, f_a = f % NBLOCKS, f // NBLOCKS
+        acc = tl.zeros((BLOCK_ROWS, KR_PAD), dtype=tl.float32)
+        for n0 in range(0, out_features, BLOCK_OUT):
+            col = n0 + n
+            col_ok = col < out_features
+            dy_tile = tl.load(dy_ptr + row[:, None] * out_features + col[None, :],
+                              mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
+            w_tile = tl.load(w2_ptr + (f_c[None, :] * out_blksz + col[:, None] // NBLOCKS) * BLK_R + f_a[None, :],
+                             mask=(f[None, :] < FEATURES) & (f_c[None, :] == col[:, None] % NBLOCKS) & col_ok[:, None],
+                             other=0.0)  # (BLOCK_OUT, KR_PAD): W^T
+            acc = tl.dot(dy_tile, w_tile, acc, input_precision=DOT_PRECISION)
+        tl.store(dh_ptr + row[:, None] * FEATURES + f[None, :], acc.to(dh_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (f[None, :] < FEATURES))
+    else:
+        # Per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a] (P2 inverse in the load address,
+        # P1 inverse in the store address).
+        for c in range(NBLOCKS):
+            acc = tl.zeros((BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
+            for t0 in range(0, out_blksz, BLOCK_OUT):
+                t = t0 + n
+                col = t * NBLOCKS + c  # dy is zero past out_features
+                dy_tile = tl.load(dy_ptr + row[:, None] * out_features + col[None, :],
+                                  mask=row_ok[:, None] & (t[None, :] < out_blksz) & (col[None, :] < out_features),
+                                  other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
+                w2_tile = tl.load(w2_ptr + (c * out_blksz + t[:, None]) * BLK_R + i[None, :],  # (BLOCK_OUT, BLOCK_R)
+                                  mask=(t[:, None] < out_blksz) & (i[None, :] < BLK_R), other=0.0)
+                acc = tl.dot(dy_tile, w2_tile, acc, input_precision=DOT_PRECISION)
+            tl.store(dh_ptr + row[:, None] * FEATURES + i[None, :] * NBLOCKS + c, acc.to(dh_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & (i[None, :] < BLK_R))
 
     if COMPUTE_DX:
         tl.debug_barrier()  # dh of this tile complete before it is read block by block
-        i = tl.arange(0, BLOCK_R)
         q = tl.arange(0, BLOCK_IN)
         # First factor transposed: dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q].
-        for j in range(nblocks):
-            dh_j = tl.load(dh_ptr + row[:, None] * features + j * blk_r + i[None, :],
-                           mask=row_ok[:, None] & (i[None, :] < blk_r), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
+        for j in range(NBLOCKS):
+            dh_j = tl.load(dh_ptr + row[:, None] * FEATURES + j * BLK_R + i[None, :],
+                           mask=row_ok[:, None] & (i[None, :] < BLK_R), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
             for q0 in range(0, in_blksz, BLOCK_IN):
-                w1_tile = tl.load(w1_ptr + (j * blk_r + i[:, None]) * in_blksz + q0 + q[None, :],  # (BLOCK_R, BLOCK_IN)
-                                  mask=(i[:, None] < blk_r) & (q0 + q[None, :] < in_blksz), other=0.0)
+                w1_tile = tl.load(w1_ptr + (j * BLK_R + i[:, None]) * in_blksz + q0 + q[None, :],  # (BLOCK_R, BLOCK_IN)
+                                  mask=(i[:, None] < BLK_R) & (q0 + q[None, :] < in_blksz), other=0.0)
                 dx_tile = tl.dot(dh_j, w1_tile, input_precision=DOT_PRECISION)
                 col = j * in_blksz + q0 + q
                 col_ok = (q0 + q < in_blksz) & (col < in_features)  # padded inputs have no gradient
@@ -168,26 +191,27 @@ class Tiles:
     block_rows: int  # tokens per program
     block_r: int  # blk_r padded for tl.dot
     block_in: int  # input features per first-factor step
-    block_out: int  # positions t per second-factor step
-    group: int  # second-factor blocks per batched dot
+    block_out: int  # output columns (expanded) or positions t (per block) per second-factor step
+    kr_pad: int  # k*r padded for tl.dot
+    expanded: bool  # the second factor as one (k*r x out) product
     num_warps: int
 
     def kernel_args(self) -> dict:
         return dict(BLOCK_ROWS=self.block_rows, BLOCK_R=self.block_r, BLOCK_IN=self.block_in,
-                    BLOCK_OUT=self.block_out, GROUP=self.group, num_warps=self.num_warps)
+                    BLOCK_OUT=self.block_out, KR_PAD=self.kr_pad, EXPANDED=self.expanded, num_warps=self.num_warps)
 
 
 def plan_tiles(nblocks: int, blk_r: int, in_blksz: int, out_blksz: int, block_rows: int = 32,
                num_warps: int = 4) -> Tiles:
     """Tiles that keep each register tile under TILE_ELEMENTS elements."""
     block_r = max(16, _pow2(blk_r))
-    # Up to 16 blocks c per dot: in bf16 that is 32 contiguous bytes of y per (token, t), one memory sector.
-    group = min(_pow2(nblocks), 16)
-    while group > 1 and (group * block_rows * block_r > TILE_ELEMENTS or group * block_r * 16 > TILE_ELEMENTS):
-        group //= 2
-    block_out = min(_pow2(out_blksz), 64, TILE_ELEMENTS // (group * block_rows), TILE_ELEMENTS // (group * block_r))
+    kr_pad = max(16, _pow2(nblocks * blk_r))
+    expanded = kr_pad <= EXPANDED_MAX_KR
+    width = kr_pad if expanded else block_r
+    columns = nblocks * out_blksz if expanded else out_blksz
+    block_out = min(_pow2(columns), 128 if expanded else 64, TILE_ELEMENTS // block_rows, TILE_ELEMENTS // width)
     block_in = min(_pow2(in_blksz), 128, TILE_ELEMENTS // block_rows, TILE_ELEMENTS // block_r)
-    return Tiles(block_rows, block_r, max(16, block_in), max(16, block_out), group, num_warps)
+    return Tiles(block_rows, block_r, max(16, block_in), max(16, block_out), kr_pad, expanded, num_warps)
 
 
 # (block_rows, num_warps) that more.dispatch tries on first use of a shape on CUDA; it keeps the fastest
@@ -267,15 +291,15 @@ def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, tiles:
     _check_inputs(x, w1, w2)
     rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
     x2 = x.reshape(rows, in_features).contiguous()
-    # h is always stored: the backward needs it (dw2), and the second factor reads it back permuted.
+    # h is always stored: the backward needs it (dw2), and the second factor reads it back.
     h = torch.empty(rows, k * r, dtype=x.dtype, device=x.device)
     y = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     if rows:
         grid = (triton.cdiv(rows, tiles.block_rows),)
         with _on_device_of(x):
             compiled = _monarch_forward_kernel[grid](
-                x2, w1.contiguous(), w2.contiguous(), h, y, rows, in_features, out_features, k, r, p, s,
-                DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
+                x2, w1.contiguous(), w2.contiguous(), h, y, rows, in_features, out_features, p, s,
+                NBLOCKS=k, BLK_R=r, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
             )
             _record(stats, "forward", compiled)
     return y.view(*x.shape[:-1], out_features), h
@@ -298,8 +322,8 @@ def monarch_backward(
             grid = (triton.cdiv(rows, tiles.block_rows),)
             with _on_device_of(x):
                 compiled = _monarch_backward_input_kernel[grid](
-                    dy2, w1.contiguous(), w2.contiguous(), dh, dx2, rows, in_features, dy.shape[-1], k, r, p, s,
-                    COMPUTE_DX=need_dx, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
+                    dy2, w1.contiguous(), w2.contiguous(), dh, dx2, rows, in_features, dy.shape[-1], p, s,
+                    COMPUTE_DX=need_dx, NBLOCKS=k, BLK_R=r, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
                 )
                 _record(stats, "backward_dx" if need_dx else "backward_dh", compiled)
         if need_dx:

@@ -44,7 +44,9 @@ def test_every_smoke_check_passes_and_covers_each_kernel_and_tiling(dry_run):
     smoke = rows(out / "smoke.csv")
     assert smoke and all(r["passed"] == "True" for r in smoke), [r for r in smoke if r["passed"] != "True"]
     assert {r["kernel"] for r in smoke} == {"forward", "backward_dx", "backward_dh"}
-    assert len({r["tiles"] for r in smoke}) == 3 and {r["dtype"] for r in smoke} == {"bfloat16", "float32"}
+    assert {r["dtype"] for r in smoke} == {"bfloat16", "float32"}
+    tilings = {r["tiles"] for r in smoke}
+    assert len(tilings) == 6 and {"expanded=True" in t for t in tilings} == {True, False}  # both second factors
     assert all(0 <= float(r["error"]) <= float(r["tolerance"]) for r in smoke)
 
 
@@ -55,11 +57,13 @@ def test_kernel_and_training_rows_are_measured(dry_run):
     for path in ("more-triton", "more-bmm", "more-reference", "lora-equal-params", "lora-equal-rank"):
         assert {(path, "forward"), (path, "forward_backward")} <= measured, path
     training = rows(out / "training.csv")
+    smoke = rows(out / "smoke.csv")
     assert {(r["model"], r["path"]) for r in training if r["median_ms"]} == {
         (model, path) for model in ("llama-7b@paper", "smollm2-135m")
         for path in ("more-auto", "more-bmm", "more-triton", "lora-r32")}
     summary = (out / "summary.md").read_text()
-    assert "## Smoke" in summary and "18 of 18 checks passed" in summary and "triton/bmm" in summary
+    assert "## Smoke" in summary and f"{len(smoke)} of {len(smoke)} checks passed" in summary
+    assert "triton/bmm" in summary
 
 
 def test_a_stage_that_cannot_run_is_skipped_with_its_reason(tmp_path):

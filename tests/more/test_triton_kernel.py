@@ -105,13 +105,15 @@ def test_forward_and_all_gradients_match_reference(case, dtype):
 
 @under_interpreter
 @pytest.mark.parametrize("candidate", [(16, 4), (32, 4), (64, 8)], ids=str)
-def test_every_tuning_candidate_is_exact(kernels, candidate):
-    """Several row tiles per call, several input and output steps per tile, grouped second-factor blocks."""
+@pytest.mark.parametrize("nblocks,blk_r", [(2, 4), (16, 8)], ids=["expanded", "per-block"])
+def test_every_tuning_candidate_is_exact(kernels, candidate, nblocks, blk_r):
+    """Several row tiles per call, several input and output steps per tile, both ways of the second factor."""
     assert candidate in kernels.TUNING_CANDIDATES
-    in_features, out_features, nblocks, blk_r, tokens = 300, 520, 2, 4, 70
+    in_features, out_features, tokens = 300, 520, 70
     w1, w2 = factors(in_features, out_features, nblocks, blk_r)
     x, dy = torch.randn(tokens, in_features), torch.randn(tokens, out_features)
     tiles = kernels.plan_tiles(nblocks, blk_r, w1.shape[2], w2.shape[1], *candidate)
+    assert tiles.expanded == (nblocks * blk_r <= kernels.EXPANDED_MAX_KR)
     y, h = kernels.monarch_forward(x, w1, w2, out_features, tiles)
     grads = kernels.monarch_backward(dy, x, w1, w2, h, True, True, True, tiles)
     assert_matches_reference((y, *grads), x, w1, w2, out_features, dy, torch.float32)
@@ -119,10 +121,10 @@ def test_every_tuning_candidate_is_exact(kernels, candidate):
 
 @under_interpreter
 def test_largest_sizes_blk_r_64_nblocks_64(kernels):
-    """k*r = 4096 features per token: the second factor runs in several groups of blocks."""
+    """k*r = 4096 features per token: the second factor runs block by block, not expanded."""
     w1, w2 = factors(256, 256, 64, 64)
     x, dy = torch.randn(20, 256), torch.randn(20, 256)
-    assert kernels.plan_tiles(64, 64, 4, 4).group < 64
+    assert not kernels.plan_tiles(64, 64, 4, 4).expanded
     got = output_and_grads(triton_multiply, x, w1, w2, 256, dy)
     assert_matches_reference(got, x, w1, w2, 256, dy, torch.float32)
 
@@ -252,11 +254,13 @@ def test_tiles_fit_tl_dot_and_registers(kernels, block_rows, num_warps):
         [1, 2, 3, 4, 16, 33, 64], [1, 3, 4, 16, 20, 64], [1, 6, 48, 1024], [1, 5, 192, 2752]
     ):
         t = kernels.plan_tiles(nblocks, blk_r, in_blksz, out_blksz, block_rows, num_warps)
-        sizes = (t.block_rows, t.block_r, t.block_in, t.block_out, t.group)
+        sizes = (t.block_rows, t.block_r, t.block_in, t.block_out, t.kr_pad)
         assert all(n & (n - 1) == 0 for n in sizes), t
-        assert min(t.block_rows, t.block_r, t.block_in, t.block_out) >= 16 and t.block_r >= blk_r, t
-        assert t.group * t.block_rows * max(t.block_r, t.block_out) <= limit, t  # g and out tiles
-        assert t.group * t.block_r * t.block_out <= limit and t.block_rows * t.block_in <= limit, t
+        assert min(sizes) >= 16 and t.block_r >= blk_r and t.kr_pad >= nblocks * blk_r, t
+        assert t.expanded == (t.kr_pad <= kernels.EXPANDED_MAX_KR), t
+        width = t.kr_pad if t.expanded else t.block_r  # the second factor's reduction dimension
+        assert t.block_rows * width <= limit and width * t.block_out <= limit, t
+        assert t.block_rows * t.block_out <= limit and t.block_rows * t.block_in <= limit, t
 
 
 def _breaking(kernels, monkeypatch, broken):
