@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 HARNESS := $(PY) -m harness
 STUDY_FLAGS ?=
 
-.PHONY: setup test bench bench-gpu clean-venv figures paper-figures \
+.PHONY: setup test bench gpu-check clean-venv figures paper-figures \
         study-rank-ablation study-block-ablation study-efficiency
 
 setup: $(STAMP)
@@ -50,9 +50,14 @@ figures: setup
 paper-figures: setup
 	$(PY) -m harness.figures --paper
 
-# On a CUDA machine (use a CUDA torch there, e.g. TORCH="torch==2.13.0 --index-url .../cu128").
-bench-gpu: setup
-	$(PY) benchmarks/gpu_bench.py --out results/kernels
+# On a GPU machine, with the Python that is there (no venv, nothing installed; the project from this tree):
+# checks every Triton tiling, times the kernels and training steps, writes GPU_OUT (default
+# results/gpu/<gpu-name>/) within 7.5 minutes. GPU_CHECK_FLAGS=--dry-run: tiny, on the CPU.
+GPU_PY ?= python3
+GPU_OUT ?=
+GPU_CHECK_FLAGS ?=
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py $(if $(GPU_OUT),--out $(GPU_OUT)) $(GPU_CHECK_FLAGS)
 
 bench: setup
 	$(PY) -m pytest benchmarks -q --benchmark-only --benchmark-sort=name --benchmark-columns=median,iqr,rounds

@@ -1,45 +1,37 @@
 """Fused Triton kernels for the Monarch multiply y = P2 . BD2 . P1 . BD1 . pad(x), truncated to `out`.
 
 Notation as in `more.ops`: x (B, in), w1 (k, r, p), w2 (k, s, r), h[b, j*r + i] the first factor's output.
+NBLOCKS (k) and BLK_R (r) are compile-time constants; every tl.dot is a 2-D product with an fp32 accumulator.
 
 Forward, one launch, one program per tile of BLOCK_ROWS tokens:
-1. first factor, block j at a time: h[b, j*r + i] = sum_q x[b, j*p + q] w1[j, i, q] (2D tl.dot, the input
-   zero-padded by masked loads); each x element is read once. The tile of h is stored to global memory.
-2. a barrier, then the second factor, GROUP blocks c at a time as one batched (3D) tl.dot. P1 is the load
-   address: g[c, b, a] = h[b, a*k + c], read back from the tile this program just wrote (it is still in
-   L1/L2). P2 is the store address: out[c, b, t] goes to y[b, t*k + c], masked to t*k + c < out; each
-   y element is written once.
+1. first factor, block j at a time: h[b, j*r + i] = sum_q x[b, j*p + q] w1[j, i, q] (the input zero-padded
+   by masked loads); each x element is read once. The tile of h is stored to global memory (the backward
+   needs it for dw2) and, after a barrier, read back by the second factor from L1/L2.
+2. second factor, two ways chosen at compile time (EXPANDED):
+   - expanded (k*r padded to a power of two KR_PAD <= EXPANDED_MAX_KR, MoRe's regime: 16 at the paper's
+     default): y[b, n0:n0+BLOCK_OUT] = h[b, :] @ W[:, n0:n0+BLOCK_OUT], with W = P2 . BD2 . P1 the (k*r x out)
+     matrix of `more.bmm.second_factor_matrix`, gathered tile by tile from w2 by address (zero off the
+     permuted block diagonal). h is read contiguously, y written in contiguous tiles, P1 and P2 cost nothing;
+     the price is k times the second factor's multiply-adds, on tensor cores that have them to spare.
+   - per block (larger k*r): for each block c, g[b, a] = h[b, a*k + c] (P1 as the load address) times
+     w2[c]^T, stored to y[b, t*k + c] (P2 as the store address).
 
-h goes through memory rather than staying in registers, a deliberate choice: it is small (k*r values
-per token against `out` for y; 16 against 4096 at the paper's default), the backward needs it for dw2
-anyway (so it is stored, not recomputed: recomputing would read x again), and P1 is a general permutation
-that Triton applies to register tensors only by power-of-two reshapes or tl.gather, both of which need the
-whole (BLOCK_ROWS x k*r) tile of h in registers; k*r reaches 64*64. Read back by address, P1 works for every
-k and r, non-powers of two included, with registers bounded by the tile sizes below rather than by k*r.
+Backward, dh and dx in one launch, the forward's mirror: dh = dy @ W^T (expanded: contiguous dy tiles, an
+accumulator over the output tiles), or per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a]; then,
+when dx is asked for, a barrier and dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q]. dh is stored because
+dw1 needs it. The weight gradients are reductions over all tokens into small tensors; they run as cuBLAS
+products (`more.bmm`), which already split the token reduction across the GPU.
 
-Backward, dh and dx in one launch, the forward's mirror: dg[c, b, a] = sum_t dy[b, t*k + c] w2[c, t, a]
-(3D tl.dot; P2 inverse in the dy load address), stored as dh[b, a*k + c] (P1 inverse in the store address);
-then, when dx is asked for, a barrier and dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q]. dh is stored
-because dw1 needs it. The weight gradients are reductions over all tokens into small tensors; they run as
-cuBLAS products (`dw1 = dh_blocks^T @ x_blocks` on strided views, dw2 as in `more.ops`), which already
-split the token reduction across the GPU; a Triton version would need atomics or a second pass for that.
+tl.dot needs each dimension >= 16: r and k*r are padded inside the kernels (masked loads give zeros), so are
+the tile widths. Accumulation is fp32 for every input dtype; outputs, h and dh are stored in the input dtype,
+as the bmm path does.
 
-tl.dot needs each dimension >= 16: r is padded inside the kernels to BLOCK_R >= 16 (masked loads give
-zeros), so are the tile widths. Accumulation is fp32 for every input dtype; outputs, h and dh are stored in
-the input dtype, as the bmm path does.
-
-Dispatch (`more.ops`, kernel="auto"): on CUDA, the first call of each (direction, shape, dtype, power-of-two
-token bucket, gradients asked) times the Triton kernel at each of TUNING_CANDIDATES and the bmm path, on the
-call's own tensors, checks that the two agree, and keeps the faster for every later call (`dispatch_table()`).
-kernel="triton" uses the best tiling found the same way; the CPU interpreter uses `plan_tiles` defaults.
+Which calls run these kernels, and at which of `candidate_tiles`, is decided by `more.dispatch`; this module
+only launches them. The weight-gradient products come from `more.bmm`.
 """
 from __future__ import annotations
 
 import contextlib
-import math
-import statistics
-import time
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -47,109 +39,136 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-# Upper bound on the elements of each register tile; it sets the group and tile sizes below.
+from ..bmm import bmm_backward, first_factor_weight_grad
+
+# Upper bound on the elements of each register tile; it sets the tile sizes below.
 TILE_ELEMENTS = 8192
+# The expanded second factor while k*r, padded to a power of two, is at most this.
+EXPANDED_MAX_KR = 64
 
 
-@triton.jit(do_not_specialize=["rows", "blk_r"])
+@triton.jit(do_not_specialize=["rows"])
 def _monarch_forward_kernel(
     x_ptr, w1_ptr, w2_ptr, h_ptr, y_ptr,
-    rows, in_features, out_features, nblocks, blk_r, in_blksz, out_blksz,
-    BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr,
-    GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    rows, in_features, out_features, in_blksz, out_blksz,
+    NBLOCKS: tl.constexpr, BLK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr, KR_PAD: tl.constexpr, EXPANDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = row < rows
     row = row.to(tl.int64)  # B * in can pass 2**31
-    features = nblocks * blk_r
+    FEATURES = NBLOCKS * BLK_R
     i = tl.arange(0, BLOCK_R)
     q = tl.arange(0, BLOCK_IN)
 
     # First factor, one block at a time: h[b, j*r + i] = sum_q x[b, j*p + q] w1[j, i, q].
-    for j in range(nblocks):
+    for j in range(NBLOCKS):
         acc = tl.zeros((BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
         for q0 in range(0, in_blksz, BLOCK_IN):
             col = j * in_blksz + q0 + q
             col_ok = (q0 + q < in_blksz) & (col < in_features)  # zero-pads x past in_features
             x_tile = tl.load(x_ptr + row[:, None] * in_features + col[None, :],
                              mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-            w1_tile = tl.load(w1_ptr + (j * blk_r + i[None, :]) * in_blksz + q0 + q[:, None],  # (BLOCK_IN, BLOCK_R)
-                              mask=(i[None, :] < blk_r) & (q0 + q[:, None] < in_blksz), other=0.0)
+            w1_tile = tl.load(w1_ptr + (j * BLK_R + i[None, :]) * in_blksz + q0 + q[:, None],  # (BLOCK_IN, BLOCK_R)
+                              mask=(i[None, :] < BLK_R) & (q0 + q[:, None] < in_blksz), other=0.0)
             acc = tl.dot(x_tile, w1_tile, acc, input_precision=DOT_PRECISION)
-        tl.store(h_ptr + row[:, None] * features + j * blk_r + i[None, :], acc.to(h_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (i[None, :] < blk_r))
+        tl.store(h_ptr + row[:, None] * FEATURES + j * BLK_R + i[None, :], acc.to(h_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (i[None, :] < BLK_R))
 
-    # All threads of the program must have stored their part of h before any reads it permuted.
+    # All threads of the program must have stored their part of h before any reads it back.
     tl.debug_barrier()
 
-    # Second factor, GROUP blocks at a time: out[c, b, t] = sum_a g[c, b, a] w2[c, t, a].
-    rows3 = row[None, :, None]
-    rows3_ok = row_ok[None, :, None]
-    a_last = tl.arange(0, BLOCK_R)[None, None, :]
-    a_mid = tl.arange(0, BLOCK_R)[None, :, None]
-    t_last = tl.arange(0, BLOCK_OUT)[None, None, :]
-    for c0 in range(0, nblocks, GROUP):
-        c = c0 + tl.arange(0, GROUP)[:, None, None]
-        c_ok = c < nblocks
-        # P1 as an address: g[c, b, a] = h[b, a*k + c].
-        g = tl.load(h_ptr + rows3 * features + a_last * nblocks + c,
-                    mask=rows3_ok & c_ok & (a_last < blk_r), other=0.0)  # (GROUP, BLOCK_ROWS, BLOCK_R)
-        for t0 in range(0, out_blksz, BLOCK_OUT):
-            t = t0 + t_last
-            w2_tile = tl.load(w2_ptr + (c * out_blksz + t) * blk_r + a_mid,
-                              mask=c_ok & (t < out_blksz) & (a_mid < blk_r), other=0.0)  # (GROUP, BLOCK_R, BLOCK_OUT)
-            out = tl.dot(g, w2_tile, input_precision=DOT_PRECISION)  # (GROUP, BLOCK_ROWS, BLOCK_OUT)
-            # P2 as an address: out[c, b, t] -> y[b, t*k + c], truncated to out_features.
-            col = t * nblocks + c
-            tl.store(y_ptr + rows3 * out_features + col, out.to(y_ptr.dtype.element_ty),
-                     mask=rows3_ok & c_ok & (col < out_features))
+    n = tl.arange(0, BLOCK_OUT)
+    if EXPANDED:
+        # y[b, col] = sum_f h[b, f] W[f, col]; W[f, t*k + c] = w2[c, t, a] where f = a*k + c, else 0.
+        f = tl.arange(0, KR_PAD)
+        f_c, f_a = f % NBLOCKS, f // NBLOCKS
+        h_tile = tl.load(h_ptr + row[:, None] * FEATURES + f[None, :],
+                         mask=row_ok[:, None] & (f[None, :] < FEATURES), other=0.0)  # (BLOCK_ROWS, KR_PAD)
+        for n0 in range(0, out_features, BLOCK_OUT):
+            col = n0 + n
+            col_ok = col < out_features
+            w_tile = tl.load(w2_ptr + (f_c[:, None] * out_blksz + col[None, :] // NBLOCKS) * BLK_R + f_a[:, None],
+                             mask=(f[:, None] < FEATURES) & (f_c[:, None] == col[None, :] % NBLOCKS) & col_ok[None, :],
+                             other=0.0)  # (KR_PAD, BLOCK_OUT)
+            out = tl.dot(h_tile, w_tile, input_precision=DOT_PRECISION)
+            tl.store(y_ptr + row[:, None] * out_features + col[None, :], out.to(y_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & col_ok[None, :])
+    else:
+        # Per block c: out[b, t] = sum_a h[b, a*k + c] w2[c, t, a] (P1 as the load address), to y[b, t*k + c] (P2).
+        for c in range(NBLOCKS):
+            g = tl.load(h_ptr + row[:, None] * FEATURES + i[None, :] * NBLOCKS + c,
+                        mask=row_ok[:, None] & (i[None, :] < BLK_R), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
+            for t0 in range(0, out_blksz, BLOCK_OUT):
+                t = t0 + n
+                w2_tile = tl.load(w2_ptr + (c * out_blksz + t[None, :]) * BLK_R + i[:, None],  # (BLOCK_R, BLOCK_OUT)
+                                  mask=(i[:, None] < BLK_R) & (t[None, :] < out_blksz), other=0.0)
+                out = tl.dot(g, w2_tile, input_precision=DOT_PRECISION)
+                col = t * NBLOCKS + c
+                tl.store(y_ptr + row[:, None] * out_features + col[None, :], out.to(y_ptr.dtype.element_ty),
+                         mask=row_ok[:, None] & (t[None, :] < out_blksz) & (col[None, :] < out_features))
 
 
-@triton.jit(do_not_specialize=["rows", "blk_r"])
+@triton.jit(do_not_specialize=["rows"])
 def _monarch_backward_input_kernel(
     dy_ptr, w1_ptr, w2_ptr, dh_ptr, dx_ptr,
-    rows, in_features, out_features, nblocks, blk_r, in_blksz, out_blksz,
+    rows, in_features, out_features, in_blksz, out_blksz,
     COMPUTE_DX: tl.constexpr,
-    BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr,
-    GROUP: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    NBLOCKS: tl.constexpr, BLK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr, KR_PAD: tl.constexpr, EXPANDED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = row < rows
     row = row.to(tl.int64)
-    features = nblocks * blk_r
+    FEATURES = NBLOCKS * BLK_R
+    i = tl.arange(0, BLOCK_R)
+    n = tl.arange(0, BLOCK_OUT)
 
-    # Second factor transposed, GROUP blocks at a time: dg[c, b, a] = sum_t dy[b, t*k + c] w2[c, t, a].
-    rows3 = row[None, :, None]
-    rows3_ok = row_ok[None, :, None]
-    a_last = tl.arange(0, BLOCK_R)[None, None, :]
-    t_last = tl.arange(0, BLOCK_OUT)[None, None, :]
-    t_mid = tl.arange(0, BLOCK_OUT)[None, :, None]
-    for c0 in range(0, nblocks, GROUP):
-        c = c0 + tl.arange(0, GROUP)[:, None, None]
-        c_ok = c < nblocks
-        acc = tl.zeros((GROUP, BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
-        for t0 in range(0, out_blksz, BLOCK_OUT):
-            col = (t0 + t_last) * nblocks + c  # P2 inverse as an address; dy is zero past out_features
-            dy_tile = tl.load(dy_ptr + rows3 * out_features + col,
-                              mask=rows3_ok & c_ok & (col < out_features), other=0.0)  # (GROUP, BLOCK_ROWS, BLOCK_OUT)
-            w2_tile = tl.load(w2_ptr + (c * out_blksz + t0 + t_mid) * blk_r + a_last,  # (GROUP, BLOCK_OUT, BLOCK_R)
-                              mask=c_ok & (t0 + t_mid < out_blksz) & (a_last < blk_r), other=0.0)
-            acc = tl.dot(dy_tile, w2_tile, acc, input_precision=DOT_PRECISION)
-        # P1 inverse as an address: dh[b, a*k + c] = dg[c, b, a].
-        tl.store(dh_ptr + rows3 * features + a_last * nblocks + c, acc.to(dh_ptr.dtype.element_ty),
-                 mask=rows3_ok & c_ok & (a_last < blk_r))
+    if EXPANDED:
+        # dh[b, f] = sum_col dy[b, col] W[f, col]: contiguous dy tiles, one accumulator.
+        f = tl.arange(0, KR_PAD)
+        f_c, f_a = f % NBLOCKS, f // NBLOCKS
+        acc = tl.zeros((BLOCK_ROWS, KR_PAD), dtype=tl.float32)
+        for n0 in range(0, out_features, BLOCK_OUT):
+            col = n0 + n
+            col_ok = col < out_features
+            dy_tile = tl.load(dy_ptr + row[:, None] * out_features + col[None, :],
+                              mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
+            w_tile = tl.load(w2_ptr + (f_c[None, :] * out_blksz + col[:, None] // NBLOCKS) * BLK_R + f_a[None, :],
+                             mask=(f[None, :] < FEATURES) & (f_c[None, :] == col[:, None] % NBLOCKS) & col_ok[:, None],
+                             other=0.0)  # (BLOCK_OUT, KR_PAD): W^T
+            acc = tl.dot(dy_tile, w_tile, acc, input_precision=DOT_PRECISION)
+        tl.store(dh_ptr + row[:, None] * FEATURES + f[None, :], acc.to(dh_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (f[None, :] < FEATURES))
+    else:
+        # Per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a] (P2 inverse in the load address,
+        # P1 inverse in the store address).
+        for c in range(NBLOCKS):
+            acc = tl.zeros((BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
+            for t0 in range(0, out_blksz, BLOCK_OUT):
+                t = t0 + n
+                col = t * NBLOCKS + c  # dy is zero past out_features
+                dy_tile = tl.load(dy_ptr + row[:, None] * out_features + col[None, :],
+                                  mask=row_ok[:, None] & (t[None, :] < out_blksz) & (col[None, :] < out_features),
+                                  other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
+                w2_tile = tl.load(w2_ptr + (c * out_blksz + t[:, None]) * BLK_R + i[None, :],  # (BLOCK_OUT, BLOCK_R)
+                                  mask=(t[:, None] < out_blksz) & (i[None, :] < BLK_R), other=0.0)
+                acc = tl.dot(dy_tile, w2_tile, acc, input_precision=DOT_PRECISION)
+            tl.store(dh_ptr + row[:, None] * FEATURES + i[None, :] * NBLOCKS + c, acc.to(dh_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & (i[None, :] < BLK_R))
 
     if COMPUTE_DX:
         tl.debug_barrier()  # dh of this tile complete before it is read block by block
-        i = tl.arange(0, BLOCK_R)
         q = tl.arange(0, BLOCK_IN)
         # First factor transposed: dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q].
-        for j in range(nblocks):
-            dh_j = tl.load(dh_ptr + row[:, None] * features + j * blk_r + i[None, :],
-                           mask=row_ok[:, None] & (i[None, :] < blk_r), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
+        for j in range(NBLOCKS):
+            dh_j = tl.load(dh_ptr + row[:, None] * FEATURES + j * BLK_R + i[None, :],
+                           mask=row_ok[:, None] & (i[None, :] < BLK_R), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
             for q0 in range(0, in_blksz, BLOCK_IN):
-                w1_tile = tl.load(w1_ptr + (j * blk_r + i[:, None]) * in_blksz + q0 + q[None, :],  # (BLOCK_R, BLOCK_IN)
-                                  mask=(i[:, None] < blk_r) & (q0 + q[None, :] < in_blksz), other=0.0)
+                w1_tile = tl.load(w1_ptr + (j * BLK_R + i[:, None]) * in_blksz + q0 + q[None, :],  # (BLOCK_R, BLOCK_IN)
+                                  mask=(i[:, None] < BLK_R) & (q0 + q[None, :] < in_blksz), other=0.0)
                 dx_tile = tl.dot(dh_j, w1_tile, input_precision=DOT_PRECISION)
                 col = j * in_blksz + q0 + q
                 col_ok = (q0 + q < in_blksz) & (col < in_features)  # padded inputs have no gradient
@@ -172,30 +191,41 @@ class Tiles:
     block_rows: int  # tokens per program
     block_r: int  # blk_r padded for tl.dot
     block_in: int  # input features per first-factor step
-    block_out: int  # positions t per second-factor step
-    group: int  # second-factor blocks per batched dot
+    block_out: int  # output columns (expanded) or positions t (per block) per second-factor step
+    kr_pad: int  # k*r padded for tl.dot
+    expanded: bool  # the second factor as one (k*r x out) product
     num_warps: int
 
     def kernel_args(self) -> dict:
         return dict(BLOCK_ROWS=self.block_rows, BLOCK_R=self.block_r, BLOCK_IN=self.block_in,
-                    BLOCK_OUT=self.block_out, GROUP=self.group, num_warps=self.num_warps)
+                    BLOCK_OUT=self.block_out, KR_PAD=self.kr_pad, EXPANDED=self.expanded, num_warps=self.num_warps)
 
 
 def plan_tiles(nblocks: int, blk_r: int, in_blksz: int, out_blksz: int, block_rows: int = 32,
                num_warps: int = 4) -> Tiles:
     """Tiles that keep each register tile under TILE_ELEMENTS elements."""
     block_r = max(16, _pow2(blk_r))
-    # Up to 16 blocks c per dot: in bf16 that is 32 contiguous bytes of y per (token, t), one memory sector.
-    group = min(_pow2(nblocks), 16)
-    while group > 1 and (group * block_rows * block_r > TILE_ELEMENTS or group * block_r * 16 > TILE_ELEMENTS):
-        group //= 2
-    block_out = min(_pow2(out_blksz), 64, TILE_ELEMENTS // (group * block_rows), TILE_ELEMENTS // (group * block_r))
+    kr_pad = max(16, _pow2(nblocks * blk_r))
+    expanded = kr_pad <= EXPANDED_MAX_KR
+    width = kr_pad if expanded else block_r
+    columns = nblocks * out_blksz if expanded else out_blksz
+    block_out = min(_pow2(columns), 128 if expanded else 64, TILE_ELEMENTS // block_rows, TILE_ELEMENTS // width)
     block_in = min(_pow2(in_blksz), 128, TILE_ELEMENTS // block_rows, TILE_ELEMENTS // block_r)
-    return Tiles(block_rows, block_r, max(16, block_in), max(16, block_out), group, num_warps)
+    return Tiles(block_rows, block_r, max(16, block_in), max(16, block_out), kr_pad, expanded, num_warps)
 
 
-# (block_rows, num_warps) tried on first use of a shape on CUDA; the fastest is kept.
-TUNING_CANDIDATES = ((16, 4), (32, 4), (64, 8))
+# (block_rows, num_warps) that more.dispatch tries on first use of a shape on CUDA; it keeps the fastest
+# that passes its check. The first is the default where nothing is measured.
+TUNING_CANDIDATES = ((32, 4), (16, 4), (64, 8))
+
+
+def candidate_tiles(nblocks: int, blk_r: int, in_blksz: int, out_blksz: int) -> list[Tiles]:
+    """Every tiling the dispatcher may choose for these sizes."""
+    return [plan_tiles(nblocks, blk_r, in_blksz, out_blksz, rows, warps) for rows, warps in TUNING_CANDIDATES]
+
+
+def default_tiles(nblocks: int, blk_r: int, in_blksz: int, out_blksz: int) -> Tiles:
+    return candidate_tiles(nblocks, blk_r, in_blksz, out_blksz)[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,13 +237,18 @@ def _interpreting() -> bool:
     return not isinstance(_monarch_forward_kernel, triton.runtime.JITFunction)
 
 
-def _check_inputs(x: Tensor, w1: Tensor, w2: Tensor) -> None:
+def check_device(x: Tensor) -> None:
+    """The kernels run on CUDA tensors, or anywhere under Triton's interpreter."""
     if not (x.is_cuda or _interpreting()):
         raise RuntimeError(
             "The MoRe Triton kernel needs CUDA tensors (got a tensor on "
             f"{x.device}); use kernel='bmm' or 'auto' elsewhere, or set TRITON_INTERPRET=1 before triton "
             "is imported to run it on the CPU through Triton's interpreter (slow, for tests)."
         )
+
+
+def _check_inputs(x: Tensor, w1: Tensor, w2: Tensor) -> None:
+    check_device(x)
     if not (x.dtype == w1.dtype == w2.dtype):
         raise TypeError(f"x, w1 and w2 must share a dtype, got {x.dtype}, {w1.dtype}, {w2.dtype}")
 
@@ -231,209 +266,73 @@ def _on_device_of(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _dims(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[int, int, int, int, int, int]:
+def _launch_sizes(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[int, int, int, int, int, int]:
+    """(rows, in_features, k, r, p, s): the kernels' integer arguments."""
     k, r, p = w1.shape
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     return rows, x.shape[-1], k, r, p, w2.shape[1]
 
 
-def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int,
-                    tiles: Tiles | None = None) -> tuple[Tensor, Tensor]:
-    """(y, h) as the custom op `more::monarch` returns them, from one kernel launch."""
+def kernel_stats(compiled) -> dict:
+    """Registers per thread and spilled registers of a compiled kernel (the value a launch returns); None
+    where Triton does not say (the CPU interpreter)."""
+    return {"n_regs": getattr(compiled, "n_regs", None), "n_spills": getattr(compiled, "n_spills", None)}
+
+
+def _record(stats: dict | None, name: str, compiled) -> None:
+    if stats is not None:
+        stats[name] = kernel_stats(compiled)
+
+
+def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, tiles: Tiles,
+                    stats: dict | None = None) -> tuple[Tensor, Tensor]:
+    """(y, h) as the custom op `more::monarch` returns them, from one kernel launch at `tiles`.
+    `stats`, when given, receives the compiled kernel's register and spill counts (see kernel_stats)."""
     _check_inputs(x, w1, w2)
-    rows, in_features, k, r, p, s = _dims(x, w1, w2)
-    tiles = tiles or tiles_for("forward", x, w1, w2, out_features)
+    rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
     x2 = x.reshape(rows, in_features).contiguous()
-    # h is always stored: the backward needs it (dw2), and the second factor reads it back permuted.
+    # h is always stored: the backward needs it (dw2), and the second factor reads it back.
     h = torch.empty(rows, k * r, dtype=x.dtype, device=x.device)
     y = torch.empty(rows, out_features, dtype=x.dtype, device=x.device)
     if rows:
         grid = (triton.cdiv(rows, tiles.block_rows),)
         with _on_device_of(x):
-            _monarch_forward_kernel[grid](
-                x2, w1.contiguous(), w2.contiguous(), h, y, rows, in_features, out_features, k, r, p, s,
-                DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
+            compiled = _monarch_forward_kernel[grid](
+                x2, w1.contiguous(), w2.contiguous(), h, y, rows, in_features, out_features, p, s,
+                NBLOCKS=k, BLK_R=r, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
             )
+            _record(stats, "forward", compiled)
     return y.view(*x.shape[:-1], out_features), h
 
 
 def monarch_backward(
     dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, need_dx: bool, need_dw1: bool, need_dw2: bool,
-    tiles: Tiles | None = None,
+    tiles: Tiles, stats: dict | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(dx, dw1, dw2) with None for a gradient not asked for, which is never computed."""
-    from .. import ops  # the weight gradients reuse the bmm path's products
-
+    """(dx, dw1, dw2) with None for a gradient not asked for, which is never computed. `stats` as for
+    monarch_forward."""
     _check_inputs(x, w1, w2)
-    rows, in_features, k, r, p, s = _dims(x, w1, w2)
+    rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
     dx = dw1 = dw2 = None
     if need_dx or need_dw1:
-        tiles = tiles or tiles_for("backward", x, w1, w2, dy.shape[-1], (need_dx, need_dw1, need_dw2))
         dy2 = dy.reshape(rows, dy.shape[-1]).contiguous()
         dh = torch.empty(rows, k * r, dtype=x.dtype, device=x.device)
         dx2 = torch.empty(rows, in_features, dtype=x.dtype, device=x.device) if need_dx else dh  # dh: an unused pointer
         if rows:
             grid = (triton.cdiv(rows, tiles.block_rows),)
             with _on_device_of(x):
-                _monarch_backward_input_kernel[grid](
-                    dy2, w1.contiguous(), w2.contiguous(), dh, dx2, rows, in_features, dy.shape[-1], k, r, p, s,
-                    COMPUTE_DX=need_dx, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
+                compiled = _monarch_backward_input_kernel[grid](
+                    dy2, w1.contiguous(), w2.contiguous(), dh, dx2, rows, in_features, dy.shape[-1], p, s,
+                    COMPUTE_DX=need_dx, NBLOCKS=k, BLK_R=r, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
                 )
+                _record(stats, "backward_dx" if need_dx else "backward_dh", compiled)
         if need_dx:
             dx = dx2.view(x.shape)
         if need_dw1:
-            # dw1[j] = dh_j^T @ x_j over all tokens: strided (k, B, r) and (k, B, p) views, no copies
-            # unless x needs padding to k*p features.
-            dh_blocks = dh.view(rows, k, r).transpose(0, 1)
-            x_blocks = ops._pad_last(x.reshape(rows, in_features), k * p).view(rows, k, p).transpose(0, 1)
-            dw1 = torch.bmm(dh_blocks.transpose(1, 2), x_blocks)
+            dw1 = first_factor_weight_grad(dh, x, k, p)
     if need_dw2:
-        dw2 = ops._monarch_backward(dy, x, w1, w2, h, False, False, True)[2]
+        dw2 = bmm_backward(dy, x, w1, w2, h, False, False, True)[2]
     return dx, dw1, dw2
-
-
-# ---------------------------------------------------------------------------------------------------
-# Dispatch: measured on first use of a shape on CUDA
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What the first measurement of one shape found: the best tiles, and both paths' times (ms)."""
-
-    tiles: Tiles
-    triton_ms: float
-    bmm_ms: float
-    agrees: bool  # the Triton result matched the bmm path's
-
-    @property
-    def triton_is_faster(self) -> bool:
-        return self.agrees and self.triton_ms < self.bmm_ms
-
-
-_CHOICES: dict[tuple, Choice] = {}
-MEASURE_REPEATS = 5
-
-
-def _key(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple) -> tuple:
-    rows, in_features, k, r, p, s = _dims(x, w1, w2)
-    # Token counts vary from batch to batch; one entry per power of two.
-    return (direction, str(x.device), x.dtype, in_features, out_features, k, r, _pow2(max(rows, 1)), needs)
-
-
-def _may_measure(x: Tensor) -> bool:
-    return x.is_cuda and not torch.cuda.is_current_stream_capturing()
-
-
-def tiles_for(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple = ()) -> Tiles:
-    """Tuned tiles on CUDA (measured once per shape), the default plan elsewhere."""
-    choice = _CHOICES.get(_key(direction, x, w1, w2, out_features, needs))
-    if choice is None and _may_measure(x):
-        choice = measure(direction, x, w1, w2, out_features, needs)
-    if choice is not None:
-        return choice.tiles
-    _, _, k, r, p, s = _dims(x, w1, w2)
-    return plan_tiles(k, r, p, s)
-
-
-def triton_is_faster(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple = (),
-                     extra: tuple = ()) -> bool:
-    """The dispatch rule behind kernel='auto' on CUDA: the path that measured faster on this shape.
-
-    `extra` carries the backward's (dy, h); a shape is measured once, on the call's own tensors.
-    """
-    key = _key(direction, x, w1, w2, out_features, needs)
-    if key not in _CHOICES:
-        if not _may_measure(x):
-            return False  # e.g. inside CUDA-graph capture: keep the bmm path
-        measure(direction, x, w1, w2, out_features, needs, extra)
-    return _CHOICES[key].triton_is_faster
-
-
-def _median_ms(fn, device: torch.device, repeats: int = MEASURE_REPEATS) -> float:
-    fn()  # warm-up, compiles on first call
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _close(got, want, dtype: torch.dtype) -> bool:
-    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
-    for a, b in zip(got, want):
-        if (a is None) != (b is None):
-            return False
-        if a is not None and (a.float() - b.float()).abs().max() > tol * (b.float().abs().max() + 1e-6):
-            return False
-    return True
-
-
-def measure(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple = (),
-            extra: tuple = (), candidates=TUNING_CANDIDATES) -> Choice:
-    """Time the Triton kernel at each candidate tiling and the bmm path on this shape; keep the result.
-
-    The backward is timed on random dy and h of the right shapes when `extra` does not supply them.
-    """
-    from .. import ops
-
-    _, _, k, r, p, s = _dims(x, w1, w2)
-    with torch.no_grad():
-        if direction == "forward":
-            def run_triton(tiles):
-                return monarch_forward(x, w1, w2, out_features, tiles)
-
-            def run_bmm():
-                return ops._monarch_forward(x, w1, w2, out_features)
-        else:
-            dy, h = extra or (torch.randn(*x.shape[:-1], out_features, dtype=x.dtype, device=x.device),
-                              torch.randn(x.numel() // x.shape[-1], k * r, dtype=x.dtype, device=x.device))
-
-            def run_triton(tiles):
-                return monarch_backward(dy, x, w1, w2, h, *needs, tiles=tiles)
-
-            def run_bmm():
-                return ops._monarch_backward(dy, x, w1, w2, h, *needs)
-
-        timings = {}
-        for block_rows, num_warps in candidates:
-            tiles = plan_tiles(k, r, p, s, block_rows, num_warps)
-            try:
-                timings[tiles] = _median_ms(lambda: run_triton(tiles), x.device)
-            except Exception as err:  # e.g. a tiling the device cannot hold; the others still count
-                warnings.warn(f"MoRe Triton kernel: tiles {tiles} failed on this shape ({err!r}); skipped.")
-        bmm_ms = _median_ms(run_bmm, x.device)
-        if timings:
-            best = min(timings, key=timings.get)
-            agrees = _close(run_triton(best), run_bmm(), x.dtype)
-            if not agrees:
-                where = _key(direction, x, w1, w2, out_features, needs)
-                warnings.warn(f"MoRe Triton kernel disagrees with the bmm path on {where}; kernel='auto' keeps bmm "
-                              "for this shape. Please report it.")
-            choice = Choice(best, timings[best], bmm_ms, agrees)
-        else:
-            choice = Choice(plan_tiles(k, r, p, s), math.inf, bmm_ms, False)
-    _CHOICES[_key(direction, x, w1, w2, out_features, needs)] = choice
-    return choice
-
-
-def dispatch_table() -> list[dict]:
-    """The measured choices so far, one row per (direction, shape), for logs and benchmarks."""
-    rows = []
-    for (direction, device, dtype, in_f, out_f, k, r, tokens, needs), choice in _CHOICES.items():
-        rows.append(dict(direction=direction, device=device, dtype=str(dtype).removeprefix("torch."), in_features=in_f,
-                         out_features=out_f, nblocks=k, blk_r=r, tokens_bucket=tokens, needs=needs,
-                         triton_ms=choice.triton_ms, bmm_ms=choice.bmm_ms, agrees=choice.agrees,
-                         uses_triton=choice.triton_is_faster, tiles=choice.tiles))
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ import itertools
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 pytest.importorskip("triton")
 
 import more  # noqa: E402
+import more.bmm  # noqa: E402
+import more.dispatch  # noqa: E402
 from more import monarch_multiply, monarch_reference, monarch_shape  # noqa: E402
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -104,13 +105,15 @@ def test_forward_and_all_gradients_match_reference(case, dtype):
 
 @under_interpreter
 @pytest.mark.parametrize("candidate", [(16, 4), (32, 4), (64, 8)], ids=str)
-def test_every_tuning_candidate_is_exact(kernels, candidate):
-    """Several row tiles per call, several input and output steps per tile, grouped second-factor blocks."""
+@pytest.mark.parametrize("nblocks,blk_r", [(2, 4), (16, 8)], ids=["expanded", "per-block"])
+def test_every_tuning_candidate_is_exact(kernels, candidate, nblocks, blk_r):
+    """Several row tiles per call, several input and output steps per tile, both ways of the second factor."""
     assert candidate in kernels.TUNING_CANDIDATES
-    in_features, out_features, nblocks, blk_r, tokens = 300, 520, 2, 4, 70
+    in_features, out_features, tokens = 300, 520, 70
     w1, w2 = factors(in_features, out_features, nblocks, blk_r)
     x, dy = torch.randn(tokens, in_features), torch.randn(tokens, out_features)
     tiles = kernels.plan_tiles(nblocks, blk_r, w1.shape[2], w2.shape[1], *candidate)
+    assert tiles.expanded == (nblocks * blk_r <= kernels.EXPANDED_MAX_KR)
     y, h = kernels.monarch_forward(x, w1, w2, out_features, tiles)
     grads = kernels.monarch_backward(dy, x, w1, w2, h, True, True, True, tiles)
     assert_matches_reference((y, *grads), x, w1, w2, out_features, dy, torch.float32)
@@ -118,10 +121,10 @@ def test_every_tuning_candidate_is_exact(kernels, candidate):
 
 @under_interpreter
 def test_largest_sizes_blk_r_64_nblocks_64(kernels):
-    """k*r = 4096 features per token: the second factor runs in several groups of blocks."""
+    """k*r = 4096 features per token: the second factor runs block by block, not expanded."""
     w1, w2 = factors(256, 256, 64, 64)
     x, dy = torch.randn(20, 256), torch.randn(20, 256)
-    assert kernels.plan_tiles(64, 64, 4, 4).group < 64
+    assert not kernels.plan_tiles(64, 64, 4, 4).expanded
     got = output_and_grads(triton_multiply, x, w1, w2, 256, dy)
     assert_matches_reference(got, x, w1, w2, 256, dy, torch.float32)
 
@@ -130,8 +133,8 @@ def test_largest_sizes_blk_r_64_nblocks_64(kernels):
 def test_h_is_the_first_factor_output(kernels):
     w1, w2 = factors(50, 70, 4, 3)
     x = torch.randn(2, 5, 50)
-    y, h = kernels.monarch_forward(x, w1, w2, 70)
-    y_bmm, h_bmm = more.ops._monarch_forward(x, w1, w2, 70)
+    y, h = kernels.monarch_forward(x, w1, w2, 70, kernels.default_tiles(*w1.shape, w2.shape[1]))
+    y_bmm, h_bmm = more.bmm.bmm_forward(x, w1, w2, 70)
     torch.testing.assert_close(h, h_bmm, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(y, y_bmm, rtol=1e-5, atol=1e-5)
 
@@ -150,7 +153,8 @@ def test_only_requested_gradients_are_computed(kernels, monkeypatch):
     x = torch.randn(8, 64)  # no gradient asked for the input
     w1.requires_grad_()
     triton_multiply(x, w1, w2, 64).sum().backward()
-    assert calls == [(False, True, False)] and w1.grad is not None and w2.grad is None
+    # the dispatcher's first-use check runs the kernel too, with the same request
+    assert set(calls) == {(False, True, False)} and w1.grad is not None and w2.grad is None
     x.requires_grad_()
     w1.requires_grad_(False)
     triton_multiply(x, w1, w2, 64).sum().backward()
@@ -178,7 +182,7 @@ def test_custom_op_with_triton_backend_passes_opcheck(kernels):
 @under_interpreter
 def test_no_tokens(kernels):
     w1, w2 = factors(64, 64, 4, 4)
-    y, h = kernels.monarch_forward(torch.randn(0, 64), w1, w2, 64)
+    y, h = kernels.monarch_forward(torch.randn(0, 64), w1, w2, 64, kernels.default_tiles(4, 4, 16, 16))
     assert y.shape == (0, 64) and h.shape == (0, 16)
 
 
@@ -208,8 +212,9 @@ def test_auto_and_bmm_never_run_triton_on_the_cpu(kernels, monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the Triton kernel ran on the CPU")
 
-    for name in ("monarch_forward", "monarch_backward", "measure"):
+    for name in ("monarch_forward", "monarch_backward"):
         monkeypatch.setattr(kernels, name, fail)
+    monkeypatch.setattr(more.dispatch, "measure", fail)
     w1, w2 = factors(64, 64, 4, 4)
     x = torch.randn(3, 64, requires_grad=True)
     for kernel in ("auto", "bmm"):
@@ -221,23 +226,24 @@ def test_triton_on_cpu_without_interpreter_says_what_to_do(kernels, monkeypatch)
     monkeypatch.setattr(kernels, "_interpreting", lambda: False)
     w1, w2 = factors(64, 64, 4, 4)
     with pytest.raises(RuntimeError, match="needs CUDA tensors.*kernel='bmm' or 'auto'"):
-        kernels.monarch_forward(torch.randn(3, 64), w1, w2, 64)
+        kernels.monarch_forward(torch.randn(3, 64), w1, w2, 64, kernels.default_tiles(4, 4, 16, 16))
 
 
 @under_interpreter
-def test_measure_fills_the_dispatch_table(kernels, monkeypatch):
+def test_measure_fills_the_dispatch_table(monkeypatch):
     """The first-use measurement behind kernel='auto' (on CUDA), exercised here with the CPU timer."""
-    monkeypatch.setattr(kernels, "_CHOICES", {})
-    monkeypatch.setattr(kernels, "MEASURE_REPEATS", 1)
+    monkeypatch.setattr(more.dispatch, "_CHOICES", {})
+    monkeypatch.setattr(more.dispatch, "MEASURE_REPEATS", 1)
     w1, w2 = factors(64, 64, 4, 4)
     x = torch.randn(20, 64)
-    forward = kernels.measure("forward", x, w1, w2, 64, candidates=((16, 4),))
-    backward = kernels.measure("backward", x, w1, w2, 64, (True, True, True), candidates=((16, 4),))
-    assert forward.agrees and backward.agrees and forward.triton_ms > 0 and forward.bmm_ms > 0
-    table = kernels.dispatch_table()
+    forward = more.dispatch.measure("forward", x, w1, w2, 64)
+    backward = more.dispatch.measure("backward", x, w1, w2, 64, (True, True, True))
+    for choice in (forward, backward):
+        assert choice.tiles is not None and choice.triton_ms > 0 and choice.bmm_ms > 0
+        assert all(isinstance(error, float) for _, error in choice.checks) and len(choice.checks) == 3
+    table = more.dispatch.dispatch_table()
     assert [row["direction"] for row in table] == ["forward", "backward"]
-    assert table[0]["tokens_bucket"] == 32 and table[0]["nblocks"] == 4
-    assert kernels.tiles_for("forward", x, w1, w2, 64) == forward.tiles
+    assert table[0]["tokens_bucket"] == 32 and table[0]["nblocks"] == 4 and table[0]["passed"] == 3
 
 
 @pytest.mark.parametrize("block_rows,num_warps", [(16, 4), (32, 4), (64, 8)])
@@ -248,32 +254,45 @@ def test_tiles_fit_tl_dot_and_registers(kernels, block_rows, num_warps):
         [1, 2, 3, 4, 16, 33, 64], [1, 3, 4, 16, 20, 64], [1, 6, 48, 1024], [1, 5, 192, 2752]
     ):
         t = kernels.plan_tiles(nblocks, blk_r, in_blksz, out_blksz, block_rows, num_warps)
-        sizes = (t.block_rows, t.block_r, t.block_in, t.block_out, t.group)
+        sizes = (t.block_rows, t.block_r, t.block_in, t.block_out, t.kr_pad)
         assert all(n & (n - 1) == 0 for n in sizes), t
-        assert min(t.block_rows, t.block_r, t.block_in, t.block_out) >= 16 and t.block_r >= blk_r, t
-        assert t.group * t.block_rows * max(t.block_r, t.block_out) <= limit, t  # g and out tiles
-        assert t.group * t.block_r * t.block_out <= limit and t.block_rows * t.block_in <= limit, t
+        assert min(sizes) >= 16 and t.block_r >= blk_r and t.kr_pad >= nblocks * blk_r, t
+        assert t.expanded == (t.kr_pad <= kernels.EXPANDED_MAX_KR), t
+        width = t.kr_pad if t.expanded else t.block_r  # the second factor's reduction dimension
+        assert t.block_rows * width <= limit and width * t.block_out <= limit, t
+        assert t.block_rows * t.block_out <= limit and t.block_rows * t.block_in <= limit, t
+
+
+def _breaking(kernels, monkeypatch, broken):
+    """Makes the forward kernel return NaN at the tilings for which `broken(tiles)` holds."""
+    original = kernels.monarch_forward
+
+    def forward(x, w1, w2, out_features, tiles, stats=None):
+        y, h = original(x, w1, w2, out_features, tiles, stats)
+        return (torch.full_like(y, float("nan")) if broken(tiles) else y), h
+
+    monkeypatch.setattr(kernels, "monarch_forward", forward)
+    monkeypatch.setattr(more.dispatch, "_CHOICES", {})
+    monkeypatch.setattr(more.dispatch, "MEASURE_REPEATS", 1)
 
 
 @under_interpreter
-def test_gpu_bench_dry_run(tmp_path):
-    """The GPU benchmark script end to end at tiny sizes on the CPU (the Triton path via the interpreter)."""
-    script = Path(__file__).parents[1] / "benchmarks" / "gpu_bench.py"
-    spec = importlib.util.spec_from_file_location("gpu_bench", script)
-    gpu_bench = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bench"] = gpu_bench  # dataclasses look their module up there
-    spec.loader.exec_module(gpu_bench)
-    assert gpu_bench.parse_args(["--out", "x"]).repeats == 50
-    assert gpu_bench.main(["--dry-run", "--out", str(tmp_path)]) == 0
+def test_a_tiling_that_fails_the_check_is_never_chosen(kernels, monkeypatch):
+    _breaking(kernels, monkeypatch, lambda tiles: tiles.block_rows != 64)
+    w1, w2 = factors(64, 64, 4, 4)
+    x = torch.randn(20, 64)
+    with pytest.warns(UserWarning, match="never chosen"):
+        choice = more.dispatch.measure("forward", x, w1, w2, 64)
+    verdicts = {tiles.block_rows: verdict for tiles, verdict in choice.checks}
+    assert isinstance(verdicts[16], str) and isinstance(verdicts[32], str) and isinstance(verdicts[64], float)
+    assert choice.tiles.block_rows == 64  # the only one that passed, however fast the others were
 
-    import pandas as pd
 
-    rows = pd.read_csv(tmp_path / "measurements.csv", keep_default_na=False)
-    assert list(rows.columns) == gpu_bench.COLUMNS
-    assert set(rows.path) >= {"more-triton", "more-bmm", "more-reference", "lora-equal-params-r4",
-                              "lora-equal-rank-r16", "more-auto", "lora-r32", "device-copy"}
-    assert not (rows.metric == "error").any(), rows[rows.metric == "error"].error.tolist()
-    goals = set(pd.read_csv(tmp_path / "summary.csv").goal)
-    assert {"speedup_triton_vs_bmm", "more_over_lora_equal_params:more-triton",
-            "bandwidth_fraction_fwd:more-triton"} <= goals
-    assert (tmp_path / "gpu_bench.png").stat().st_size > 0
+@under_interpreter
+def test_kernel_triton_raises_when_no_tiling_passes(kernels, monkeypatch):
+    _breaking(kernels, monkeypatch, lambda tiles: True)
+    w1, w2 = factors(64, 64, 4, 4)
+    with pytest.warns(UserWarning), pytest.raises(RuntimeError, match="no tiling .* passed the check.*kernel='bmm'"):
+        triton_multiply(torch.randn(20, 64), w1, w2, 64)
+    y = monarch_multiply(torch.randn(20, 64), w1, w2, 64, backend="auto")  # bmm on the CPU, unaffected
+    assert torch.isfinite(y).all()
