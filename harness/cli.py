@@ -9,17 +9,19 @@ import math
 import sys
 import typing
 
+import torch
 import yaml
 
 from .adapters import AdapterSpec, known_methods, parse_adapter
 from .executors import make_executor
 from .layers import layer_sizes
+from .measure.records import Measurement
 from .models import MODELS
+from .run_trial import run_trial
 from .runner import run_study, select
 from .spec import STUDIES_DIR, Study, load_study, study_path
 from .store import Store, final_values, load
 from .tasks import TASKS
-from .measure.records import Measurement
 from .trial import FIELD_TYPES, TrialConfig
 
 
@@ -53,8 +55,6 @@ def print_table(rows, out=sys.stdout, scoped: bool = False) -> None:
 
 
 def cmd_measure(args) -> int:
-    from .run_trial import run_trial
-
     adapter = parse_adapter(args.adapter) if args.adapter else None
     config = TrialConfig(kind="measure", model=args.model, adapter=adapter,
                          **given(args, "seq_len", "batch", "device", "measure", "repeats", "timing_warmup", "threads",
@@ -72,8 +72,6 @@ def cmd_measure(args) -> int:
 
 
 def default_profile() -> str:
-    import torch
-
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
