@@ -45,7 +45,8 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.4g} {unit}"
 
 
-def print_table(rows, out=sys.stdout, scoped: bool = False) -> None:
+def print_table(rows, out=None, scoped: bool = False) -> None:
+    out = out or sys.stdout
     shown = [r for r in rows if scoped or not r.scope]
     width = max((len(r.metric) for r in shown), default=10)
     for r in shown:
@@ -65,7 +66,7 @@ def cmd_measure(args) -> int:
         print()
     else:
         info = result.info["model_info"]
-        print(f"{args.model} ({info.get('weights')} weights) + {result.info['adapter']}, "
+        print(f"{args.model} ({info.get('weights')} weights) + {result.info['adapter'] or 'no adapter'}, "
               f"batch {config.batch} x seq {config.seq_len} on {result.device}, {result.env['torch_threads']} threads")
         print_table([Measurement(**row) for row in result.rows], scoped=args.per_module)
     return 0

@@ -175,8 +175,8 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_sizes=None) -> Stu
         raise StudyError(path, "profiles", f"no profile {profile!r}; this study has {', '.join(profiles)}")
     budget = dict(profiles[profile] or {})
     jobs = budget.pop("jobs", 1)
+    _check_each(path, "tasks", raw.get("tasks") or [], check_task)
     tasks = raw.get("tasks") or [None]
-    _check_each(path, "tasks", tasks, check_task)
     _check_each(path, "models", raw["models"], check_model)
     seeds = budget.pop("seeds", None) or raw.get("seeds", [0])
     shapes = budget.pop("shapes", None) or raw.get("shapes") or [{}]
@@ -212,7 +212,7 @@ def _trial(path, profile_key: str, **config) -> TrialConfig:
 
 def _check_each(path, key: str, values, check) -> None:
     for value in values:
-        if not isinstance(value, (str, type(None))):
+        if not isinstance(value, str):
             raise StudyError(path, key, f"expected names, got {value!r}")
         try:
             check(value)

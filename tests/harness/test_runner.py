@@ -18,7 +18,7 @@ from harness.runner import run_study, select
 from harness.spec import load_study
 from harness.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = """
 name: {name}
