@@ -18,6 +18,8 @@ from more.shapes import lora_params, monarch_shape
 
 # Short names users type, mapped to the config field they mean.
 ALIASES = {"lora": {"alpha": "lora_alpha", "dropout": "lora_dropout"}}
+# The method name of the control, which trains no adapter: it stands for `None` wherever a spec may be.
+NO_ADAPTER = "none"
 
 
 def known_methods() -> list[str]:
@@ -40,6 +42,18 @@ def _parse_value(text: str):
         return text  # a bare word, e.g. init=paper
 
 
+def _split(text: str) -> tuple[str, dict]:
+    """'lora:r=8' -> ('lora', {'r': 8}), unvalidated."""
+    method, _, rest = text.strip().partition(":")
+    params = {}
+    for item in filter(None, (part.strip() for part in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"Adapter {text!r}: {item!r} is not key=value. Write e.g. 'lora:r=8,alpha=16'.")
+        params[key.strip()] = _parse_value(value.strip())
+    return method.strip().lower(), params
+
+
 @dataclass(frozen=True)
 class AdapterSpec:
     method: str
@@ -48,14 +62,10 @@ class AdapterSpec:
     @classmethod
     def parse(cls, text: str) -> "AdapterSpec":
         """'more:nblocks=4,blk_r=4' -> AdapterSpec('more', {'nblocks': 4, 'blk_r': 4})."""
-        method, _, rest = text.strip().partition(":")
-        params = {}
-        for item in filter(None, (part.strip() for part in rest.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise ValueError(f"Adapter {text!r}: {item!r} is not key=value. Write e.g. 'lora:r=8,alpha=16'.")
-            params[key.strip()] = _parse_value(value.strip())
-        return cls.make(method.strip().lower(), params)
+        spec = parse_adapter(text)
+        if spec is None:
+            raise ValueError(f"Adapter {text!r} is the control, not an adapter; write e.g. 'lora:r=8'.")
+        return spec
 
     @classmethod
     def make(cls, method: str, params: dict) -> "AdapterSpec":
@@ -114,3 +124,22 @@ class AdapterSpec:
         params = self.closed_form_params(layers)  # LoRA: two products, one multiply-add per parameter and token
         return None if params is None else 2 * tokens * params
 
+
+
+def make_adapter(method: str | None, params: dict | None = None) -> AdapterSpec | None:
+    """The one place where the control's name is read: `none` (or no method) is `None`, no adapter."""
+    if method in (None, NO_ADAPTER):
+        if params:
+            raise ValueError(f"The control {NO_ADAPTER!r} takes no parameters, got {params}.")
+        return None
+    return AdapterSpec.make(method, params or {})
+
+
+def parse_adapter(text: str) -> AdapterSpec | None:
+    """'more:nblocks=4,blk_r=4' -> its spec; 'none' -> None, the control."""
+    return make_adapter(*_split(text))
+
+
+def method_of(spec: AdapterSpec | None) -> str:
+    """The method name a table shows: the spec's, or `none` for the control."""
+    return NO_ADAPTER if spec is None else spec.method

@@ -2,11 +2,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import math
 import sys
+import typing
 
-from .adapters import AdapterSpec
+import torch
+import yaml
+
+from .adapters import AdapterSpec, known_methods, parse_adapter
+from .executors import make_executor
+from .layers import layer_sizes
+from .measure.records import Measurement
+from .models import MODELS
+from .run_trial import run_trial
+from .runner import run_study, select
+from .spec import STUDIES_DIR, Study, load_study, study_path
+from .store import Store, final_values, load
+from .tasks import TASKS
+from .trial import FIELD_TYPES, TrialConfig
 
 
 def format_value(value: float, unit: str) -> str:
@@ -29,7 +45,8 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:.4g} {unit}"
 
 
-def print_table(rows, out=sys.stdout, scoped: bool = False) -> None:
+def print_table(rows, out=None, scoped: bool = False) -> None:
+    out = out or sys.stdout
     shown = [r for r in rows if scoped or not r.scope]
     width = max((len(r.metric) for r in shown), default=10)
     for r in shown:
@@ -39,62 +56,42 @@ def print_table(rows, out=sys.stdout, scoped: bool = False) -> None:
 
 
 def cmd_measure(args) -> int:
-    from .measure import measure_trial
-
-    adapter = None if args.adapter in (None, "none") else AdapterSpec.parse(args.adapter)
-    result = measure_trial(
-        args.model, adapter, seq_len=args.seq_len, batch=args.batch, device=args.device,
-        what=args.what.split(","), repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-        target_modules=args.target_modules, head=args.head,
-    )
+    adapter = parse_adapter(args.adapter) if args.adapter else None
+    config = TrialConfig(kind="measure", model=args.model, adapter=adapter,
+                         **given(args, "seq_len", "batch", "device", "measure", "repeats", "timing_warmup", "threads",
+                                 "target_modules", "head"))
+    result = run_trial(config)
     if args.json:
-        json.dump({"record": result.record, "rows": [r.as_dict() for r in result.rows]}, sys.stdout, indent=1, default=str)
+        json.dump({"config": config.to_json(), **result.to_json()}, sys.stdout, indent=1, default=str)
         print()
     else:
-        info = result.record["model_info"]
-        print(f"{args.model} ({info.get('weights')} weights) + {result.record['adapter']}, "
-              f"batch {args.batch} x seq {args.seq_len} on {result.record['device']}, "
-              f"{result.record['env']['torch_threads']} threads")
-        print_table(result.rows, scoped=args.per_module)
+        info = result.info["model_info"]
+        print(f"{args.model} ({info.get('weights')} weights) + {result.info['adapter'] or 'no adapter'}, "
+              f"batch {config.batch} x seq {config.seq_len} on {result.device}, {result.env['torch_threads']} threads")
+        print_table([Measurement(**row) for row in result.rows], scoped=args.per_module)
     return 0
 
 
 def default_profile() -> str:
-    import torch
-
     return "gpu" if torch.cuda.is_available() else "cpu"
 
 
-def load_for_run(study_name: str, profile: str):
-    from .layers import layer_dims
-    from .spec import load_study
-
-    return load_study(study_name, profile=profile, layer_dims=layer_dims)
-
-
-def dry_run_table(trials) -> str:
-    from .layers import layer_dims
-
+def dry_run_table(trials: list[TrialConfig]) -> str:
     lines = [f"{'trial_id':<16}  {'model':<20} {'task':<10} {'adapter':<30} {'seq x batch':>11} {'lr':>8} {'seed':>4} "
              f"{'trainable (closed form)':>24}"]
     for t in trials:
-        c = t.config
         spec = t.adapter
-        count = spec.closed_form_params(layer_dims(c["model"], c.get("target_modules"))) if spec else 0
+        count = spec.closed_form_params(layer_sizes(t.model, t.target_modules)) if spec else 0
         label = spec.label if spec else "none"
-        shape = f"{c.get('seq_len', '-')} x {c.get('batch', '-')}"
-        lines.append(f"{t.id:<16}  {c['model']:<20} {str(c.get('task') or '-'):<10} {label:<30} {shape:>11} {str(c.get('lr')):>8} "
-                     f"{c.get('seed', 0):>4} {('-' if count is None else f'{count:,}'):>24}")
+        shape = f"{t.seq_len} x {t.batch}"
+        lines.append(f"{t.id:<16}  {t.model:<20} {str(t.task or '-'):<10} {label:<30} {shape:>11} {str(t.lr):>8} "
+                     f"{t.seed:>4} {('-' if count is None else f'{count:,}'):>24}")
     return "\n".join(lines)
 
 
 def cmd_run(args) -> int:
-    from .executors import make_executor
-    from .runner import run_study, select
-    from .store import Store
-
     profile = args.profile or default_profile()
-    study = load_for_run(args.study, profile)
+    study = load_study(args.study, profile=profile, layer_sizes=layer_sizes)
     trials = select(study.trials, args.only)
     if args.dry_run:
         print(f"study {study.name} ({study.path}), profile {profile}: {len(trials)} trials")
@@ -112,13 +109,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from .adapters import known_methods
-    from .models import MODELS
-    from .spec import STUDIES_DIR, study_path
-    from .tasks import TASKS
-
-    import yaml
-
     print("studies:")
     for path in sorted(STUDIES_DIR.glob("*.yaml")):
         raw = yaml.safe_load(study_path(path.stem).read_text())
@@ -134,32 +124,23 @@ def cmd_list(args) -> int:
     return 0
 
 
-def compare_study(args):
-    """An ad-hoc study: one trial per adapter (measured, and trained when a task is given), plus one
+def compare_study(args) -> tuple[Study, list[AdapterSpec]]:
+    """An ad-hoc study: one trial per adapter (measured, or trained when a task is given), plus one
     trial that times all adapters' training steps interleaved in one process."""
-    import hashlib
-
-    from .spec import Study, Trial
-
     specs = [AdapterSpec.parse(text) for text in args.adapters]
-    key = json.dumps([args.model, args.task, args.adapters, args.steps, args.seq_len, args.batch, args.lr], default=str)
-    name = "compare-" + hashlib.sha256(key.encode()).hexdigest()[:8]
-    common = {"model": args.model, "target_modules": args.target_modules, "seq_len": args.seq_len,
-              "batch": args.batch, "device": args.device, "seed": 0, "threads": args.threads}
-    trials = []
-    for spec in specs:
-        config = {**common, "adapter": spec.method, "adapter_params": spec.params, "measure": ["params", "flops", "memory", "time"],
-                  "repeats": args.repeats}
-        if args.task:
-            config.update(task=args.task, steps=args.steps, lr=args.lr or 1e-3, eval_examples=args.eval_examples)
-        trials.append(Trial(name, config))
-    trials.append(Trial(name, {**common, "kind": "interleaved", "adapters": [s.text for s in specs], "repeats": args.repeats}))
+    common = TrialConfig(kind="measure", model=args.model,
+                         **given(args, "target_modules", "seq_len", "batch", "device", "threads", "repeats", "lr"))
+    if args.task:
+        common = dataclasses.replace(common, kind="train", task=args.task, **given(args, "steps", "eval_examples"))
+    trials = [dataclasses.replace(common, adapter=spec) for spec in specs]
+    trials.append(dataclasses.replace(common, kind="interleaved", task=None, adapters=tuple(specs)))
+    name = "compare-" + hashlib.sha256(" ".join(t.id for t in trials).encode()).hexdigest()[:8]
     return Study(name, "harness compare", None, {}, trials), specs
 
 
 def compare_table(frame, study, specs, task: str | None) -> str:
     """Adapters side by side; each column after the first also as a ratio to the first."""
-    final = frame[(frame.scope == "") & frame.step.isna()]
+    final = final_values(frame)
     labels = [s.label for s in specs]
     metrics = ["trainable_params", "flops_forward", "peak_rss_bytes", "peak_memory_allocated_bytes", "time_step_s"]
     if task:
@@ -185,19 +166,31 @@ def compare_table(frame, study, specs, task: str | None) -> str:
 
 
 def cmd_compare(args) -> int:
-    from .executors import make_executor
-    from .runner import run_study
-    from .store import Store, load
-
     study, specs = compare_study(args)
     store = Store(study.name, args.results_dir)
     run_study(study, study.trials, make_executor("local"), store)
     frame = load(study.name, args.results_dir)
     frame = frame[frame.status == "ok"]
-    print(f"\n{args.model}" + (f" on {args.task}" if args.task else "") + f", batch {args.batch} x seq {args.seq_len}, "
+    trial = study.trials[0]
+    print(f"\n{args.model}" + (f" on {args.task}" if args.task else "") + f", batch {trial.batch} x seq {trial.seq_len}, "
           f"ratios to {specs[0].label}:")
     print(compare_table(frame, study, specs, args.task))
     return 0
+
+
+def trial_options(parser, *names: str) -> None:
+    """Options for TrialConfig fields; one left out keeps the field's default (shown in --help)."""
+    for name in names:
+        default = TrialConfig.__dataclass_fields__[name].default
+        hint = FIELD_TYPES[name]
+        hint = next((t for t in typing.get_args(hint) if t is not type(None)), hint) if not isinstance(hint, type) else hint
+        multiple = {"nargs": "+"} if typing.get_origin(hint) is tuple else {"type": hint}
+        parser.add_argument(f"--{name.replace('_', '-')}", default=None, help=f"default: {default}", **multiple)
+
+
+def given(args, *names: str) -> dict:
+    """The TrialConfig fields the command line set."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,14 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("measure", help="measure one model with one adapter (no training)")
     m.add_argument("--model", required=True, help="a registry name (minilm, smollm2, llama-7b, ...), hub id or path")
     m.add_argument("--adapter", default=None, help="e.g. more:nblocks=4,blk_r=4 or lora:r=8; 'none' for the bare model")
-    m.add_argument("--seq-len", type=int, default=128)
-    m.add_argument("--batch", type=int, default=8)
-    m.add_argument("--device", default="cpu", help="cpu or cuda")
-    m.add_argument("--what", default="params,flops,memory,time", help="comma-separated: params,flops,memory,time")
-    m.add_argument("--repeats", type=int, default=10)
-    m.add_argument("--warmup", type=int, default=2)
-    m.add_argument("--threads", type=int, default=None, help="torch CPU threads (recorded)")
-    m.add_argument("--target-modules", nargs="+", default=None)
+    trial_options(m, "seq_len", "batch", "device", "repeats", "threads", "target_modules")
+    m.add_argument("--what", dest="measure", type=lambda text: text.split(","), default=None,
+                   help=f"comma-separated: params,flops,memory,time (default: {','.join(TrialConfig.measure)})")
+    m.add_argument("--warmup", dest="timing_warmup", type=int, default=None,
+                   help=f"untimed steps before the timed ones (default: {TrialConfig.timing_warmup})")
     m.add_argument("--head", default=None, help="sequence_classification, causal_lm or base (default: by model)")
     m.add_argument("--per-module", action="store_true", help="also print per-module rows")
     m.add_argument("--json", action="store_true", help="print the records as JSON")
@@ -239,15 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True)
     c.add_argument("--adapters", nargs="+", required=True, help="e.g. lora:r=8 more:nblocks=4,blk_r=4")
     c.add_argument("--task", default=None, help="also fine-tune and evaluate on this task")
-    c.add_argument("--steps", type=int, default=50)
-    c.add_argument("--lr", type=float, default=None)
-    c.add_argument("--eval-examples", type=int, default=200)
-    c.add_argument("--seq-len", type=int, default=128)
-    c.add_argument("--batch", type=int, default=8)
-    c.add_argument("--repeats", type=int, default=5)
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--threads", type=int, default=None)
-    c.add_argument("--target-modules", nargs="+", default=None)
+    trial_options(c, "steps", "lr", "eval_examples", "seq_len", "batch", "repeats", "device", "threads", "target_modules")
     c.add_argument("--results-dir", default=None)
     c.set_defaults(func=cmd_compare)
 

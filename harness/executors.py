@@ -13,39 +13,34 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .spec import Trial
+from .trial import TrialConfig, TrialResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_TIMEOUT_S = 3600
 
 
-def run_in_subprocess(config: dict, python: str = sys.executable) -> dict:
-    """Runs one trial config in a fresh process and returns its result; never raises for a trial's failure."""
-    timeout = config.get("timeout_s") or DEFAULT_TIMEOUT_S
+def run_in_subprocess(config: TrialConfig, python: str = sys.executable) -> TrialResult:
+    """Runs one trial in a fresh process and returns its result; never raises for a trial's failure."""
+    timeout = config.timeout_s
     with tempfile.TemporaryDirectory(prefix="trial-") as folder:
         config_path, result_path = Path(folder, "config.json"), Path(folder, "result.json")
-        config_path.write_text(json.dumps(config))
+        config_path.write_text(json.dumps(config.to_json()))
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         try:
             proc = subprocess.run([python, "-m", "harness.worker", str(config_path), str(result_path)],
                                   capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
         except subprocess.TimeoutExpired:
-            return _failure("Timeout", f"the trial ran past its {timeout} s limit (timeout_s) and was stopped")
+            return TrialResult.failure("Timeout", f"the trial ran past its {timeout} s limit (timeout_s) and was stopped")
         if result_path.exists():
-            return json.loads(result_path.read_text())
+            return TrialResult.from_json(json.loads(result_path.read_text()))
         stderr_tail = "\n".join(proc.stderr.strip().splitlines()[-12:])
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
             likely = " (the kernel's out-of-memory killer sends SIGKILL)" if name == "SIGKILL" else ""
-            return _failure("Killed", f"the trial process was killed by {name}{likely}", stderr_tail)
-        return _failure("WorkerCrashed", f"the trial process exited with code {proc.returncode} and no result", stderr_tail)
+            return TrialResult.failure("Killed", f"the trial process was killed by {name}{likely}", stderr_tail)
+        return TrialResult.failure("WorkerCrashed", f"the trial process exited with code {proc.returncode} and no result", stderr_tail)
 
 
-def _failure(error_type: str, message: str, tail: str = "") -> dict:
-    return {"status": "failed", "error_type": error_type, "error": message, "traceback_tail": tail, "rows": []}
-
-
-Callback = Callable[[Trial, dict], None]
+Callback = Callable[[TrialConfig, TrialResult], None]
 
 
 class LocalExecutor:
@@ -54,14 +49,14 @@ class LocalExecutor:
     def __init__(self, jobs: int = 1):
         self.jobs = max(1, jobs)
 
-    def run(self, trials: Iterable[Trial], on_result: Callback) -> None:
+    def run(self, trials: Iterable[TrialConfig], on_result: Callback) -> None:
         trials = list(trials)
         if self.jobs == 1:
             for trial in trials:
-                on_result(trial, run_in_subprocess(trial.config))
+                on_result(trial, run_in_subprocess(trial))
             return
         with ThreadPoolExecutor(self.jobs) as pool:
-            futures = {pool.submit(run_in_subprocess, t.config): t for t in trials}
+            futures = {pool.submit(run_in_subprocess, t): t for t in trials}
             for future in as_completed(futures):  # results reach the driver thread as they finish
                 on_result(futures[future], future.result())
 
@@ -74,7 +69,7 @@ class RayExecutor:
     def __init__(self, address: str | None = None, num_cpus: int | None = None):
         self.address, self.num_cpus = address, num_cpus
 
-    def run(self, trials: Iterable[Trial], on_result: Callback) -> None:
+    def run(self, trials: Iterable[TrialConfig], on_result: Callback) -> None:
         import ray
 
         started_here = not ray.is_initialized()
@@ -85,8 +80,8 @@ class RayExecutor:
         remote_trial = ray.remote(run_in_subprocess)
         pending = {}
         for trial in trials:
-            wants_gpu = str(trial.config.get("device", "cpu")).startswith("cuda")
-            ref = remote_trial.options(num_gpus=1 if wants_gpu else 0, num_cpus=trial.config.get("threads") or 1).remote(trial.config)
+            wants_gpu = trial.device.startswith("cuda")
+            ref = remote_trial.options(num_gpus=1 if wants_gpu else 0, num_cpus=trial.threads or 1).remote(trial)
             pending[ref] = trial
         try:
             while pending:
@@ -95,7 +90,7 @@ class RayExecutor:
                 try:
                     result = ray.get(done[0])
                 except Exception as error:  # noqa: BLE001 - a lost node or worker is a failed trial
-                    result = _failure(type(error).__name__, str(error)[:2000])
+                    result = TrialResult.failure(type(error).__name__, str(error)[:2000])
                 on_result(trial, result)
         finally:
             if started_here and not self.address:

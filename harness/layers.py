@@ -6,20 +6,19 @@ import functools
 import re
 
 import torch
+import transformers
 from torch import nn
 
 from more.layer import linear_dims
 
+from .models import PAPER_SUFFIX, build_paper_scale, model_source, origin_of
+from .prepare import default_targets
+
 
 def _config_model(name: str) -> nn.Module:
-    import transformers
-
-    from .models import PAPER_SUFFIX, build_paper_scale, minilm_path, smollm2_path
-
-    if name.endswith(PAPER_SUFFIX):
+    if origin_of(name) == "paper_scale":
         return build_paper_scale(name.removesuffix(PAPER_SUFFIX))
-    source = {"minilm": minilm_path, "smollm2": smollm2_path}.get(name, lambda: name)()
-    config = transformers.AutoConfig.from_pretrained(source)
+    config = transformers.AutoConfig.from_pretrained(model_source(name))
     with torch.device("meta"):
         return transformers.AutoModel.from_config(config)
 
@@ -32,24 +31,23 @@ def matches(name: str, targets) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _dims(name: str, targets: tuple | str | None) -> tuple[tuple[int, int], ...]:
-    from .measure.trial import default_targets
-
+def _target_layer_sizes(name: str, targets: tuple | str | None) -> tuple[tuple[int, int], ...]:
     model = _config_model(name)
     targets = targets if targets is not None else tuple(default_targets(model))
-    dims = []
+    sizes = []
     for module_name, module in model.named_modules():
         if module_name and matches(module_name, targets if isinstance(targets, str) else list(targets)):
             try:
                 in_features, out_features, _ = linear_dims(module)
             except ValueError:
                 continue
-            dims.append((in_features, out_features))
-    if not dims:
+            sizes.append((in_features, out_features))
+    if not sizes:
         raise ValueError(f"target modules {targets} match no linear layer of {name!r}")
-    return tuple(dims)
+    return tuple(sizes)
 
 
-def layer_dims(model_name: str, target_modules=None) -> list[tuple[int, int]]:
-    key = tuple(target_modules) if isinstance(target_modules, list) else target_modules
-    return list(_dims(model_name, key))
+def layer_sizes(model_name: str, target_modules=None) -> list[tuple[int, int]]:
+    """(in_features, out_features) of each layer the adapter goes on; `None`: the default targets."""
+    key = tuple(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
+    return list(_target_layer_sizes(model_name, key))

@@ -1,4 +1,4 @@
-"""Study files (studies/*.yaml) -> a validated Study -> trials.
+"""Study files (studies/*.yaml) -> a validated Study -> its trials' configs.
 
 A study file declares models, tasks, adapters with the axes each sweeps, target modules, learning
 rates and seeds, the training budget per named profile, and which measurements to take. Axes
@@ -6,35 +6,35 @@ expand as a Cartesian product; `zip` groups expand together; `where` filters dro
 entry with `match: more` keeps, for each MoRe configuration, only the rank whose trainable-parameter
 count is nearest (closed forms on the model's real layer sizes, before anything runs).
 
-Everything is checked before anything runs; an error names the file, the key and the reason.
+Each grid point becomes a `TrialConfig` (harness.trial): a study with tasks trains, one without
+measures. A profile's keys are TrialConfig's fields (besides `seeds`, `shapes` and `jobs`, which
+expand the grid or pace the runner), so they are checked as the trials are. Everything is checked
+before anything runs; an error names the file, the key and the reason.
 """
 from __future__ import annotations
 
 import ast
 import difflib
-import hashlib
 import itertools
-import json
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .adapters import AdapterSpec, config_class
+from .adapters import make_adapter
+from .trial import FIELD_TYPES, TrialConfig, TrialConfigError, check_model, check_task, check_value
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
-# Part of every trial id: bump when a trial's protocol changes meaning, so old results are not reused.
-TRIAL_PROTOCOL = 1
-MEASUREMENTS = ("params", "flops", "memory", "time")
 
 STUDY_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "adapters": list,
               "target_modules": list, "seeds": list, "measure": list, "profiles": dict, "shapes": list}
 ADAPTER_KEYS = {"method": str, "axes": dict, "zip": dict, "where": list, "lr": list, "match": str, "label": str}
-PROFILE_KEYS = {"steps": int, "batch": int, "seq_len": int, "eval_every": int, "eval_examples": int,
-                "train_examples": int, "warmup_ratio": float, "weight_decay": float, "max_grad_norm": float,
-                "seeds": list, "repeats": int, "timeout_s": int, "memory_limit_gb": float, "device": str,
-                "dtype": str, "threads": int, "shapes": list, "pooling": str, "prompt_style": str, "jobs": int}
+# TrialConfig's fields that the study sets outside its profiles
+FROM_THE_STUDY = {"kind", "model", "task", "adapter", "adapters", "label", "target_modules", "lr", "seed", "measure",
+                  "profile"}
+GRID_KEYS = {"seeds": list, "shapes": list, "jobs": int}
+PROFILE_KEYS = [name for name in FIELD_TYPES if name not in FROM_THE_STUDY] + list(GRID_KEYS)
 
 
 class StudyError(ValueError):
@@ -44,31 +44,13 @@ class StudyError(ValueError):
         super().__init__(f"{path}: {key}: {reason}")
 
 
-@dataclass(frozen=True)
-class Trial:
-    """One grid point, fully resolved: a pure function of this config."""
-
-    study: str
-    config: dict
-
-    @property
-    def id(self) -> str:
-        canonical = json.dumps({"protocol": TRIAL_PROTOCOL, **self.config}, sort_keys=True, default=str)
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-    @property
-    def adapter(self) -> AdapterSpec | None:
-        method = self.config.get("adapter")
-        return None if method in (None, "none") else AdapterSpec.make(method, self.config["adapter_params"])
-
-
 @dataclass
 class Study:
     name: str
     description: str
-    path: Path
+    path: Path | None
     raw: dict
-    trials: list[Trial] = field(default_factory=list)
+    trials: list[TrialConfig] = field(default_factory=list)
     jobs: int = 1  # trials at a time the profile suggests (--jobs overrides); not part of any trial
 
 
@@ -80,9 +62,13 @@ def study_path(name_or_path: str) -> Path:
     if candidate.exists():
         return candidate
     known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
-    hint = difflib.get_close_matches(name_or_path, known, n=1)
-    raise StudyError(name_or_path, "study", f"no such study file.{' Did you mean ' + repr(hint[0]) + '?' if hint else ''} "
+    raise StudyError(name_or_path, "study", f"no such study file.{_did_you_mean(name_or_path, known)} "
                      f"Known studies: {', '.join(known)}.")
+
+
+def _did_you_mean(value: str, choices) -> str:
+    hint = difflib.get_close_matches(value, list(choices), n=1)
+    return f" Did you mean {hint[0]!r}?" if hint else ""
 
 
 def _check_keys(path, where: str, data: dict, allowed: dict) -> None:
@@ -90,15 +76,28 @@ def _check_keys(path, where: str, data: dict, allowed: dict) -> None:
         raise StudyError(path, where, f"expected a mapping, got {type(data).__name__}")
     for key, value in data.items():
         if key not in allowed:
-            hint = difflib.get_close_matches(key, list(allowed), n=1)
             raise StudyError(path, f"{where}.{key}" if where else key,
-                             f"unknown key.{' Did you mean ' + repr(hint[0]) + '?' if hint else ''} "
-                             f"Allowed: {', '.join(allowed)}")
-        expected = allowed[key]
-        ok = isinstance(value, expected) or (expected is float and isinstance(value, int) and not isinstance(value, bool))
-        if not ok:
+                             f"unknown key.{_did_you_mean(key, allowed)} Allowed: {', '.join(allowed)}")
+        if not isinstance(value, allowed[key]) or (allowed[key] is int and isinstance(value, bool)):
             raise StudyError(path, f"{where}.{key}" if where else key,
-                             f"expected {expected.__name__}, got {type(value).__name__} ({value!r})")
+                             f"expected {allowed[key].__name__}, got {type(value).__name__} ({value!r})")
+
+
+def _check_profile(path, where: str, data: dict) -> None:
+    """A profile or a shape: TrialConfig's own checks, plus the keys that expand the grid."""
+    if not isinstance(data, dict):
+        raise StudyError(path, where, f"expected a mapping, got {type(data).__name__}")
+    for key, value in data.items():
+        if key in GRID_KEYS:
+            _check_keys(path, where, {key: value}, GRID_KEYS)
+        elif key not in PROFILE_KEYS:
+            raise StudyError(path, f"{where}.{key}", f"unknown key.{_did_you_mean(key, PROFILE_KEYS)} "
+                             f"Allowed: {', '.join(PROFILE_KEYS)}")
+        else:
+            try:
+                check_value(key, value)
+            except TrialConfigError as err:
+                raise StudyError(path, f"{where}.{key}", err.reason) from None
 
 
 # ---- `where` filters: comparisons and arithmetic over axis names, nothing else ----------------------
@@ -157,8 +156,8 @@ def _expand_axes(path, where: str, axes: dict, zipped: dict) -> list[dict]:
     return [{**p, **z} for p in product for z in zip_points]
 
 
-def load_study(name_or_path: str, profile: str = "cpu", layer_dims=None) -> Study:
-    """Parse, validate and expand a study. `layer_dims(model, target_modules)` gives the (in, out) sizes of
+def load_study(name_or_path: str, profile: str = "cpu", layer_sizes=None) -> Study:
+    """Parse, validate and expand a study. `layer_sizes(model, target_modules)` gives the (in, out) sizes of
     the adapted layers, for parameter matching and the dry-run's closed-form counts."""
     path = study_path(name_or_path)
     try:
@@ -171,35 +170,29 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_dims=None) -> Stud
             raise StudyError(path, required, "missing; a study needs name, models and adapters")
     profiles = raw.get("profiles", {"cpu": {}})
     for pname, pdata in profiles.items():
-        _check_keys(path, f"profiles.{pname}", pdata or {}, PROFILE_KEYS)
+        _check_profile(path, f"profiles.{pname}", pdata or {})
     if profile not in profiles:
         raise StudyError(path, "profiles", f"no profile {profile!r}; this study has {', '.join(profiles)}")
     budget = dict(profiles[profile] or {})
     jobs = budget.pop("jobs", 1)
-    measure = raw.get("measure", list(MEASUREMENTS))
-    for m in measure:
-        if m not in MEASUREMENTS:
-            raise StudyError(path, "measure", f"unknown measurement {m!r}; choose from {', '.join(MEASUREMENTS)}")
+    _check_each(path, "tasks", raw.get("tasks") or [], check_task)
     tasks = raw.get("tasks") or [None]
-    _check_tasks(path, tasks)
-    _check_models(path, raw["models"])
+    _check_each(path, "models", raw["models"], check_model)
     seeds = budget.pop("seeds", None) or raw.get("seeds", [0])
     shapes = budget.pop("shapes", None) or raw.get("shapes") or [{}]
     for i, shape in enumerate(shapes):
-        _check_keys(path, f"shapes[{i}]", shape, PROFILE_KEYS)
+        _check_profile(path, f"shapes[{i}]", shape)
     adapter_points = _adapter_points(path, raw["adapters"])
+    study_level = {key: raw[key] for key in ("measure", "target_modules") if key in raw}
 
     trials = []
     for model, task, shape, seed in itertools.product(raw["models"], tasks, shapes, seeds):
-        targets = raw.get("target_modules")
-        points = _match_params(path, adapter_points, model, targets, layer_dims)
-        for method, params, lr, label in points:
-            config = {"model": model, "task": task, "adapter": method, "adapter_params": params,
-                      "target_modules": targets, "lr": lr, "seed": seed, "measure": measure,
-                      "profile": profile, **budget, **shape}
-            if label:
-                config["label"] = label
-            trials.append(Trial(raw["name"], config))
+        points = _match_params(path, adapter_points, model, raw.get("target_modules"), layer_sizes)
+        for adapter, lr, label in points:
+            given = {"lr": lr, "label": label, **study_level, **budget, **shape}
+            trials.append(_trial(path, f"profiles.{profile}", kind="train" if task else "measure", model=model, task=task,
+                                 adapter=adapter, seed=seed, profile=profile,
+                                 **{k: v for k, v in given.items() if v is not None}))
     if not trials:
         raise StudyError(path, "adapters", "the grid is empty: no trial to run")
     ids = [t.id for t in trials]
@@ -208,30 +201,27 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_dims=None) -> Stud
     return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs)
 
 
-def _check_models(path, models) -> None:
-    from .models import MODELS, PAPER_SUFFIX
-
-    for model in models:
-        if not isinstance(model, str):
-            raise StudyError(path, "models", f"expected model names, got {model!r}")
-        if model not in MODELS and "/" not in model and not model.endswith(PAPER_SUFFIX):
-            hint = difflib.get_close_matches(model, list(MODELS), n=1)
-            raise StudyError(path, "models", f"unknown model {model!r}.{' Did you mean ' + repr(hint[0]) + '?' if hint else ''} "
-                             f"Registered: {', '.join(MODELS)}; or a hub id owner/name")
+def _trial(path, profile_key: str, **config) -> TrialConfig:
+    try:
+        return TrialConfig(**config)
+    except TrialConfigError as err:
+        where = {"model": "models", "task": "tasks", "seed": "seeds", "measure": "measure", "lr": "adapters",
+                 "label": "adapters", "target_modules": "target_modules"}.get(err.key, f"{profile_key}.{err.key}")
+        raise StudyError(path, where, err.reason) from None
 
 
-def _check_tasks(path, tasks) -> None:
-    from .tasks import TASKS
-
-    for task in tasks:
-        if task is not None and task not in TASKS:
-            hint = difflib.get_close_matches(str(task), list(TASKS), n=1)
-            raise StudyError(path, "tasks", f"unknown task {task!r}.{' Did you mean ' + repr(hint[0]) + '?' if hint else ''} "
-                             f"Known: {', '.join(TASKS)}")
+def _check_each(path, key: str, values, check) -> None:
+    for value in values:
+        if not isinstance(value, str):
+            raise StudyError(path, key, f"expected names, got {value!r}")
+        try:
+            check(value)
+        except TrialConfigError as err:
+            raise StudyError(path, key, err.reason) from None
 
 
 def _adapter_points(path, entries) -> list[dict]:
-    """Each entry's expanded points: method, params, lr, label, and whether it is parameter-matched."""
+    """Each entry's expanded points: the spec (None for the control), lr, label, and what it is matched to."""
     points = []
     for i, entry in enumerate(entries):
         where = f"adapters[{i}]"
@@ -239,11 +229,10 @@ def _adapter_points(path, entries) -> list[dict]:
         method = entry.get("method")
         if not method:
             raise StudyError(path, f"{where}.method", "missing")
-        if method != "none":
-            try:
-                config_class(method)
-            except ValueError as err:
-                raise StudyError(path, f"{where}.method", str(err)) from None
+        try:
+            make_adapter(method)
+        except ValueError as err:
+            raise StudyError(path, f"{where}.method", str(err)) from None
         grid = _expand_axes(path, where, entry.get("axes", {}), entry.get("zip", {}))
         filters = [(text, _compile_filter(path, f"{where}.where", text)) for text in entry.get("where", [])]
         kept = []
@@ -257,27 +246,25 @@ def _adapter_points(path, entries) -> list[dict]:
         if grid and not kept:
             raise StudyError(path, f"{where}.where", f"the filters {[t for t, _ in filters]} remove every point")
         for point in kept:
-            if method != "none":
-                try:
-                    AdapterSpec.make(method, point)
-                except ValueError as err:
-                    raise StudyError(path, f"{where}.axes", str(err)) from None
+            try:
+                spec = make_adapter(method, point)
+            except ValueError as err:
+                raise StudyError(path, f"{where}.axes", str(err)) from None
             for lr in entry.get("lr", [None]):
-                points.append({"method": method, "params": point, "lr": lr, "label": entry.get("label"),
-                               "match": entry.get("match"), "entry": i})
+                points.append({"spec": spec, "point": point, "method": method, "lr": lr,
+                               "label": entry.get("label"), "match": entry.get("match")})
     return points
 
 
-def _match_params(path, points, model, targets, layer_dims):
+def _match_params(path, points, model, targets, layer_sizes):
     """Resolves `match` entries: for each point of the matched method, the candidate nearest in parameters."""
-    resolved = [(p["method"], _full_params(p), p["lr"], p["label"]) for p in points if not p["match"]]
+    resolved = [(p["spec"], p["lr"], p["label"]) for p in points if not p["match"]]
     matched = [p for p in points if p["match"]]
     if not matched:
         return resolved
-    if layer_dims is None:
+    if layer_sizes is None:
         raise StudyError(path, "adapters.match", "parameter matching needs the model's layer sizes")
-    dims = layer_dims(model, targets)
-    count = lambda method, params: AdapterSpec.make(method, params).closed_form_params(dims)  # noqa: E731
+    sizes = layer_sizes(model, targets)
     for source in {p["match"] for p in matched}:
         anchors = [p for p in points if p["method"] == source and not p["match"]]
         if not anchors:
@@ -285,14 +272,11 @@ def _match_params(path, points, model, targets, layer_dims):
         candidates = [p for p in matched if p["match"] == source]
         chosen = []
         for anchor in anchors:
-            target = count(source, anchor["params"])
-            nearest = min(candidates, key=lambda c: (abs(count(c["method"], c["params"]) - target), sorted(c["params"].items())))
+            target = anchor["spec"].closed_form_params(sizes)
+            nearest = min(candidates, key=lambda c: (abs(c["spec"].closed_form_params(sizes) - target),
+                                                     sorted(c["point"].items())))
             for c in candidates:  # every learning rate of the nearest configuration
-                if c["params"] == nearest["params"] and c not in chosen:
+                if c["spec"] == nearest["spec"] and c not in chosen:
                     chosen.append(c)
-        resolved += [(c["method"], _full_params(c), c["lr"], c["label"]) for c in chosen]
+        resolved += [(c["spec"], c["lr"], c["label"]) for c in chosen]
     return resolved
-
-
-def _full_params(point) -> dict:
-    return {} if point["method"] == "none" else AdapterSpec.make(point["method"], point["params"]).params

@@ -1,7 +1,8 @@
 """Tidy results of a study, under results/<study>/:
 
-- records/<trial_id>.json: one JSON record per trial, the source of truth (config, status, error,
-  environment fingerprint, every measurement);
+- records/<trial_id>.json: one JSON record per trial, the source of truth: its id, study, config
+  (`TrialConfig.to_json`), finish time and result (`TrialResult.to_json`: status, error, environment
+  fingerprint, device, what the trial said about its model, every measurement);
 - trials.csv: one row per trial, config columns plus status;
 - metrics.csv: one row per measurement: trial_id, metric, value, unit, step (empty for a final
   value), scope (a module name, empty for the whole model), note.
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .trial import TrialConfig, TrialResult
+
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
 LEADING_TRIAL_COLUMNS = ["trial_id", "study", "status", "model", "task", "adapter", "label"]
@@ -39,6 +42,12 @@ def write_atomically(path: Path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def record_of(study: str, config: TrialConfig, result: TrialResult) -> dict:
+    """What the store keeps of one trial."""
+    return {"trial_id": config.id, "study": study, "config": config.to_json(),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result.to_json()}
 
 
 class Store:

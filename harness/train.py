@@ -1,7 +1,7 @@
 """The short fine-tune and evaluation of a training trial.
 
 One code path serves every adapter: the adapter is a PEFT config, and nothing here branches on its
-type. What differs is the model family:
+type. What differs is how a model scores a task's examples:
 
 - encoders (MiniLM): a classification head for classification tasks, a multiple-choice head for
   multiple-choice tasks; cross-entropy on the label;
@@ -15,6 +15,10 @@ Every `eval_every` steps and at the end the held-out loss and the task metric ar
 their standard errors from the evaluation set (the mean loss's s/sqrt(n), the metric's bootstrap).
 Step 0 is the untrained model with the same head: the baseline the loss must improve on; the
 metric's baseline is the task's majority class or chance.
+
+Parameters are always reported (the trial needs them); the peak memory and the training time only
+when the trial's `measure` names memory and time. FLOPs are counted by measure trials: a training
+trial asked for them reports them as not measured.
 """
 from __future__ import annotations
 
@@ -26,15 +30,12 @@ import torch
 from torch import nn
 
 from . import metrics as M
-from .measure import env, memory
+from .measure import memory
 from .measure.params import parameter_rows
-from .measure.records import Measurement
-from .measure.trial import apply_adapter, new_heads
-from .models import is_decoder, load_model
+from .measure.records import Measurement, not_measured
+from .prepare import prepare_model
 from .tasks import load_task
-
-DEFAULTS = {"steps": 100, "batch": 8, "seq_len": 128, "eval_every": 0, "eval_examples": 300, "warmup_ratio": 0.1,
-            "weight_decay": 0.0, "max_grad_norm": 1.0, "lr": 1e-3, "prompt_style": "llm_adapters"}
+from .trial import TrialConfig
 
 
 # ---- batches ------------------------------------------------------------------------------------
@@ -97,9 +98,9 @@ def continuation_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (logprobs * keep).sum(-1), keep.sum(-1)
 
 
-# ---- the two families ------------------------------------------------------------------------------
+# ---- how encoders and decoders score a task ------------------------------------------------------------------------------
 
-class EncoderFamily:
+class EncoderScoring:
     def __init__(self, task, tokenizer, seq_len, device, pooling=None):
         self.task, self.tokenizer, self.seq_len, self.device, self.pooling = task, tokenizer, seq_len, device, pooling
 
@@ -126,7 +127,7 @@ class EncoderFamily:
         return predictions, losses
 
 
-class DecoderFamily:
+class DecoderScoring:
     def __init__(self, task, tokenizer, seq_len, device, style):
         self.task, self.tokenizer, self.seq_len, self.device, self.style = task, tokenizer, seq_len, device, style
 
@@ -168,10 +169,10 @@ def lr_at(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def evaluate(task, family, model, examples, batch_size, step) -> tuple[list[dict], list[float], dict]:
+def evaluate(task, scoring, model, examples, batch_size, step) -> tuple[list[dict], list[float], dict]:
     """The held-out rows at `step`, the per-example losses, and the metric values."""
     model.eval()
-    predictions, losses = family.evaluate(model, examples, batch_size)
+    predictions, losses = scoring.evaluate(model, examples, batch_size)
     model.train()
     labels = [e.label for e in examples]
     rows = [row("eval_loss", sum(losses) / len(losses), "nats", step),
@@ -179,8 +180,8 @@ def evaluate(task, family, model, examples, batch_size, step) -> tuple[list[dict
     scores = task.score(predictions, labels, with_se=True)
     for name, value in scores.items():
         rows.append(row(f"eval_{name}", value, "ratio", step))
-    if isinstance(family, DecoderFamily):
-        rows.append(row("eval_accuracy_length_normalised", M.accuracy(family.length_normalised, labels), "ratio", step))
+    if isinstance(scoring, DecoderScoring):
+        rows.append(row("eval_accuracy_length_normalised", M.accuracy(scoring.length_normalised, labels), "ratio", step))
     return rows, losses, scores
 
 
@@ -207,67 +208,48 @@ def row(metric, value, unit, step=None, scope="", note="") -> dict:
     return Measurement(metric, float(value), unit, step, scope, note).as_dict()
 
 
-def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
-    settings = {**DEFAULTS, **{k: v for k, v in config.items() if v is not None}}
-    device = torch.device(settings.get("device", "cpu"))
-    seed = settings.get("seed", 0)
-    torch.manual_seed(seed)
-    task = load_task(config["task"])
+def fine_tune(config: TrialConfig) -> tuple[list[dict], dict]:
+    device = torch.device(config.device)
+    task = load_task(config.task)
     started = time.perf_counter()
-
-    decoder = is_decoder(config["model"])
-    if decoder:
-        head, num_labels = "causal_lm", None
-    elif task.kind == "multiple_choice":
-        head, num_labels = "multiple_choice", None
-    else:
-        head, num_labels = "sequence_classification", task.num_classes
-    model, tokenizer, info = load_model(config["model"], head=head, num_labels=num_labels, device=str(device),
-                                        pooling=settings.get("pooling"))
-    if tokenizer is not None and tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if adapter is None:  # the control: the pretrained model frozen, only a new head (if any) trains
-        model.requires_grad_(False)
-        for name in new_heads(model, head):
-            getattr(model, name).requires_grad_(True)
-    model = apply_adapter(model, adapter, head, config.get("target_modules"))  # new heads trained via modules_to_save
-    family = (DecoderFamily(task, tokenizer, settings["seq_len"], device, settings["prompt_style"]) if decoder
-              else EncoderFamily(task, tokenizer, settings["seq_len"], device, info.pooling))
-    rows = [m.as_dict() for m in parameter_rows(model, adapter is not None)]
+    model, tokenizer, info = prepare_model(config, config.adapter, task)  # new heads train via modules_to_save
+    scoring = (DecoderScoring(task, tokenizer, config.seq_len, device, config.prompt_style) if info.head == "causal_lm"
+               else EncoderScoring(task, tokenizer, config.seq_len, device, info.pooling))
+    rows = [m.as_dict() for m in parameter_rows(model, config.adapter is not None)]
     baseline_rss = memory.current_rss()
     load_seconds = time.perf_counter() - started
 
-    steps, batch_size = settings["steps"], settings["batch"]
-    train_examples = task.train(seed=seed, limit=settings.get("train_examples"))
-    eval_examples = task.eval(limit=settings["eval_examples"])
+    steps, batch_size = config.steps, config.batch
+    train_examples = task.train(seed=config.seed, limit=config.train_examples)
+    eval_examples = task.eval(limit=config.eval_examples)
     baseline = task.baseline()
     for name, value in baseline.items():
         rows.append(row(f"baseline_{name}", value, "ratio", note="majority class" if task.kind != "multiple_choice" else "chance"))
 
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
-        raise ValueError(f"Nothing to train: {config['model']} with head {head!r} and no adapter has no new "
+        raise ValueError(f"Nothing to train: {config.model} with head {info.head!r} and no adapter has no new "
                          "parameters. Give an adapter, or a task with a classification or multiple-choice head.")
-    optimizer = torch.optim.AdamW(trainable, lr=settings["lr"], weight_decay=settings["weight_decay"])
-    warmup = max(1, int(settings["warmup_ratio"] * steps))
+    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(1, int(config.warmup_ratio * steps))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, steps, warmup))
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(settings.get("dtype", ""))
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.dtype)
 
-    untrained, losses_before, _ = evaluate(task, family, model, eval_examples, batch_size, step=0)
+    untrained, losses_before, _ = evaluate(task, scoring, model, eval_examples, batch_size, step=0)
     rows += untrained
     model.train()
     memory.reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    tokens, train_seconds, every = 0, 0.0, settings["eval_every"]
+    tokens, train_seconds, every = 0, 0.0, config.eval_every
     for step in range(1, steps + 1):
         start = (step - 1) * batch_size % len(train_examples)
         examples = (train_examples + train_examples)[start:start + batch_size]
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None and device.type == "cuda"):
-            loss, n_tokens = family.train_loss(model, examples)
+            loss, n_tokens = scoring.train_loss(model, examples)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, settings["max_grad_norm"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -278,22 +260,30 @@ def fine_tune(config: dict, adapter) -> tuple[list[dict], dict]:
         rows.append(row("train_loss", loss.item(), "nats", step))
         rows.append(row("grad_norm", float(grad_norm), "norm", step))
         if every and step % every == 0 and step != steps:
-            rows += evaluate(task, family, model, eval_examples, batch_size, step=step)[0]
-    if device.type == "cuda":
-        rows.append(row("peak_memory_allocated_bytes", torch.cuda.max_memory_allocated(device), "bytes"))
-        rows.append(row("peak_memory_reserved_bytes", torch.cuda.max_memory_reserved(device), "bytes"))
-    else:
-        peak = memory.peak_rss()
-        rows.append(row("peak_rss_bytes", peak, "bytes"))
-        rows.append(row("train_rss_bytes", peak - baseline_rss, "bytes", note="peak during training minus after load"))
-    rows.append(row("train_time_s", train_seconds, "s"))
-    rows.append(row("time_step_s", train_seconds / steps, "s", note="mean over the training run"))
-    rows.append(row("tokens_per_s", tokens / train_seconds, "tokens/s"))
-    final, losses_after, scores_after = evaluate(task, family, model, eval_examples, batch_size, step=steps)
+            rows += evaluate(task, scoring, model, eval_examples, batch_size, step=step)[0]
+    if "memory" in config.measure:
+        rows += training_memory_rows(device, baseline_rss)
+    if "time" in config.measure:
+        rows.append(row("train_time_s", train_seconds, "s"))
+        rows.append(row("time_step_s", train_seconds / steps, "s", note="mean over the training run"))
+        rows.append(row("tokens_per_s", tokens / train_seconds, "tokens/s"))
+    if "flops" in config.measure:
+        rows.append(not_measured("flops_forward", "flops", "a training trial counts no FLOPs; a measure trial "
+                                                           "(a study without tasks) does").as_dict())
+    final, losses_after, scores_after = evaluate(task, scoring, model, eval_examples, batch_size, step=steps)
     rows += final
-    rows += [dict(r, step=None) for r in final]  # the final values, as DESIGN's empty step
+    rows += [dict(r, step=None) for r in final]  # the final values again, with no step
     rows += learning_signal_rows(task, losses_before, losses_after, scores_after, baseline)
-    record = {"model_info": asdict(info), "task": task.name, "head": head, "settings": settings,
-              "load_seconds": load_seconds, "eval_examples": len(eval_examples), "env": env.fingerprint(),
-              "device": str(device), "adapter": adapter.label if adapter else None}
-    return rows, record
+    info = {"model_info": asdict(info), "load_seconds": load_seconds, "eval_examples": len(eval_examples),
+            "device": str(device), "adapter": config.adapter.label if config.adapter else None}
+    return rows, info
+
+
+def training_memory_rows(device: torch.device, baseline_rss: int) -> list[dict]:
+    """The peak memory of the training loop: the CUDA allocator's on a GPU, the process's RSS on a CPU."""
+    if device.type == "cuda":
+        return [row("peak_memory_allocated_bytes", torch.cuda.max_memory_allocated(device), "bytes"),
+                row("peak_memory_reserved_bytes", torch.cuda.max_memory_reserved(device), "bytes")]
+    peak = memory.peak_rss()
+    return [row("peak_rss_bytes", peak, "bytes"),
+            row("train_rss_bytes", peak - baseline_rss, "bytes", note="peak during training minus after load")]

@@ -5,6 +5,7 @@ not the study. The result file is written atomically; the driver reads it (or it
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import resource
 import sys
@@ -12,7 +13,9 @@ import time
 import traceback
 from pathlib import Path
 
+from .run_trial import run_trial
 from .store import write_atomically
+from .trial import TrialConfig, TrialResult
 
 OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
 
@@ -32,19 +35,16 @@ def limit_memory(gigabytes: float | None) -> None:
 
 
 def main(config_path: str, result_path: str) -> int:
-    config = json.loads(Path(config_path).read_text())
+    config = TrialConfig.from_json(json.loads(Path(config_path).read_text()))
     started = time.time()
-    limit_memory(config.get("memory_limit_gb"))
+    limit_memory(config.memory_limit_gb)
     try:
-        from .run_trial import run_trial
-
-        result = {"status": "ok", **run_trial(config)}
+        result = run_trial(config)
     except BaseException as error:  # noqa: BLE001 - every failure is recorded, the study goes on
         tail = traceback.format_exc().strip().splitlines()[-12:]
-        result = {"status": "failed", "error_type": classify(error), "error": str(error)[:2000],
-                  "traceback_tail": "\n".join(tail), "rows": []}
-    result["duration_s"] = time.time() - started
-    write_atomically(Path(result_path), json.dumps(result, default=str))
+        result = TrialResult.failure(classify(error), str(error)[:2000], "\n".join(tail))
+    result = dataclasses.replace(result, duration_s=time.time() - started)
+    write_atomically(Path(result_path), json.dumps(result.to_json(), default=str))
     return 0
 
 

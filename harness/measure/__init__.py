@@ -1,5 +1,5 @@
-"""Measurement of one model with one adapter: tidy rows (metric, value, unit) in one vocabulary."""
+"""Measurement of a prepared model: tidy rows (metric, value, unit) in one vocabulary."""
+from .costs import measure_costs
 from .records import Measurement, not_measured, value_of
-from .trial import ALL_MEASUREMENTS, TrialMeasurement, measure_trial
 
-__all__ = ["ALL_MEASUREMENTS", "Measurement", "TrialMeasurement", "measure_trial", "not_measured", "value_of"]
+__all__ = ["Measurement", "measure_costs", "not_measured", "value_of"]

@@ -22,6 +22,11 @@ class Measurement:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def is_final(self) -> bool:
+        """A whole-model value at the end of the trial: no step, no module scope."""
+        return self.step is None and not self.scope
+
 
 def not_measured(metric: str, unit: str, reason: str, scope: str = "") -> Measurement:
     return Measurement(metric, math.nan, unit, scope=scope, note=f"not measured: {reason}")
@@ -33,3 +38,8 @@ def value_of(rows: list[Measurement], metric: str, scope: str = "") -> float:
         if row.metric == metric and row.scope == scope and row.step is None:
             return row.value
     raise KeyError(f"no measurement {metric!r} (scope {scope!r})")
+
+
+def final_values(rows: list[Measurement]) -> dict[str, float]:
+    """Metric -> value of the whole-model final rows (`harness.store.final_values` is its table twin)."""
+    return {row.metric: row.value for row in rows if row.is_final}

@@ -15,8 +15,8 @@ from transformers import AutoModel
 from harness.adapters import AdapterSpec
 from harness.measure import env, flops, memory, params, timing
 from harness.measure.records import value_of
-from harness.measure.trial import default_targets
 from harness.models import build_paper_scale
+from harness.prepare import default_targets
 from more import monarch_shape
 
 BATCH, SEQ = 2, 16

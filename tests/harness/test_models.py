@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import more
+import harness.embedded as embedded
 import harness.models as models
-from harness.models import (MODELS, ModelNotAvailableError, MeanPooledHead, build_paper_scale, load_model,
-                            minilm_path, save_pretrained_atomically, smollm2_cache_path)
+from harness.embedded import minilm_path, save_pretrained_atomically, smollm2_cache_path
+from harness.heads import MeanPooledHead
+from harness.models import MODELS, ModelNotAvailableError, build_paper_scale, load_model, origin_of
 
 
 @pytest.fixture(scope="session")
@@ -151,7 +153,7 @@ def test_smollm2_cache_is_reused(smollm2_cache, monkeypatch):
     def convert_again(target):
         raise AssertionError("converted again despite the cache")
 
-    monkeypatch.setattr(models, "convert_smollm2", convert_again)
+    monkeypatch.setattr(embedded, "convert_smollm2", convert_again)
     start = time.perf_counter()
     load_model("smollm2")
     assert time.perf_counter() - start < 15
@@ -163,7 +165,7 @@ def test_smollm2_tokenizer_survives_the_round_trip(smollm2):
     import transformers
 
     model, tokenizer, _ = smollm2
-    gguf = models.smollm2_gguf_path()
+    gguf = embedded.smollm2_gguf_path()
     original = transformers.AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     text = "Monarch matrices: 2 + 3 = 5, café, 東京"
     assert tokenizer(text).input_ids == original(text).input_ids
@@ -204,12 +206,12 @@ def test_atomic_save_keeps_a_cache_another_process_finished_first(tmp_path):
 def test_cache_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.setenv("MORE_HARNESS_CACHE", str(tmp_path / "explicit"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.harness_cache_dir() == tmp_path / "explicit"
+    assert embedded.harness_cache_dir() == tmp_path / "explicit"
     monkeypatch.delenv("MORE_HARNESS_CACHE")
-    assert models.harness_cache_dir() == tmp_path / "xdg" / "more-harness"
+    assert embedded.harness_cache_dir() == tmp_path / "xdg" / "more-harness"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert models.harness_cache_dir() == tmp_path / "home" / ".cache" / "more-harness"
+    assert embedded.harness_cache_dir() == tmp_path / "home" / ".cache" / "more-harness"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -227,6 +229,25 @@ def test_bare_roberta_large_asks_which_one_is_meant():
     with pytest.raises(ValueError) as error:
         load_model("roberta-large")
     assert "FacebookAI/roberta-large" in str(error.value) and "roberta-large@paper" in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["llama-7b", "roberta-large", "foo", "minlm", "llama-70b@paper"])
+def test_bare_names_are_refused_before_anything_is_loaded(name, monkeypatch):
+    import transformers
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", no_hub)
+    with pytest.raises(ValueError, match="Registered names: minilm, smollm2, roberta-large@paper"):
+        origin_of(name)
+    with pytest.raises(ValueError, match="Registered names"):
+        models.is_decoder(name)
+
+
+def test_names_resolve_to_their_origin(tmp_path):
+    assert [origin_of(n) for n in ("minilm", "llama-7b@paper", str(tmp_path), "FacebookAI/roberta-large")] == [
+        "embedded", "paper_scale", "folder", "hub"]
 
 
 def test_hub_id_that_is_not_downloaded_says_download_first():
@@ -271,8 +292,8 @@ def test_paper_scale_on_a_real_device_has_random_weights():
     assert not weight.is_meta and 0.01 < weight.std().item() < 0.03  # initializer_range 0.02
 
 
-def test_registry_names_every_entry_with_its_kind():
-    assert {name: entry.kind for name, entry in MODELS.items()} == {
+def test_registry_names_every_entry_with_its_origin():
+    assert {name: entry.origin for name, entry in MODELS.items()} == {
         "minilm": "embedded", "smollm2": "embedded", "roberta-large@paper": "paper_scale",
         "llama-7b@paper": "paper_scale", "llama-13b@paper": "paper_scale"}
-    assert os.path.isfile(models.smollm2_gguf_path())
+    assert os.path.isfile(embedded.smollm2_gguf_path())

@@ -13,12 +13,12 @@ import pytest
 
 from harness import store as store_module
 from harness.executors import LocalExecutor, RayExecutor
-from harness.layers import layer_dims
+from harness.layers import layer_sizes
 from harness.runner import run_study, select
 from harness.spec import load_study
 from harness.store import Store
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SMALL = """
 name: {name}
@@ -48,21 +48,22 @@ def run_cli(*args, timeout=600, **kwargs):
 
 
 def test_study_runs_and_writes_tidy_results(tmp_path):
-    study = load_study(str(write_study(tmp_path)), layer_dims=layer_dims)
+    study = load_study(str(write_study(tmp_path)), layer_sizes=layer_sizes)
     store = Store(study.name, tmp_path / "results")
     counts = run_study(study, study.trials, LocalExecutor(), store, log=lambda *_: None)
     assert counts == {"ok": 3, "failed": 0}
     frame = store_module.load(study.name, tmp_path / "results")
     trainable = frame[(frame.metric == "trainable_params") & (frame.scope == "")]
     # the runner's numbers are the closed forms the study planned with (classifier head included)
-    adapters = {t.id: t.adapter.closed_form_params(layer_dims("minilm")) for t in study.trials}
+    adapters = {t.id: t.adapter.closed_form_params(layer_sizes("minilm")) for t in study.trials}
     head = 384 * 2 + 2
     assert {row.trial_id: row.value - head for row in trainable.itertuples()} == adapters
     trials = pd.read_csv(store.root / "trials.csv")
     assert set(trials.columns) >= {"trial_id", "status", "model", "adapter", "nblocks", "blk_r", "r", "seed", "git_commit"}
     assert (trials.status == "ok").all() and len(trials) == 3
     record = json.loads(next(store.records_dir.glob("*.json")).read_text())
-    assert record["env"]["torch"] and "config" in record and record["record"]["model_info"]["weights"] == "pretrained"
+    assert record["env"]["torch"] and "config" in record and record["info"]["model_info"]["weights"] == "pretrained"
+    assert "record" not in record and record["config"]["kind"] == "measure"
     metrics = pd.read_csv(store.root / "metrics.csv")
     assert list(metrics.columns) == store_module.METRIC_COLUMNS
 
@@ -81,7 +82,7 @@ profiles:
     memory_limit_gb: 4
     shapes: [{seq_len: 16, batch: 2}, {seq_len: 512, batch: 2048}]
 """
-    study = load_study(str(write_study(tmp_path, "failing", text=text)), layer_dims=layer_dims)
+    study = load_study(str(write_study(tmp_path, "failing", text=text)), layer_sizes=layer_sizes)
     store = Store(study.name, tmp_path / "results")
     counts = run_study(study, study.trials, LocalExecutor(jobs=2), store, log=lambda *_: None)
     records = {(r["config"]["adapter_params"]["nblocks"], r["config"]["batch"]): r for r in store.records().values()}
@@ -94,7 +95,7 @@ profiles:
 
 
 def test_timeout_is_recorded(tmp_path):
-    study = load_study(str(write_study(tmp_path, "slow", extra=", timeout_s: 1")), layer_dims=layer_dims)
+    study = load_study(str(write_study(tmp_path, "slow", extra=", timeout_s: 1")), layer_sizes=layer_sizes)
     store = Store(study.name, tmp_path / "results")
     run_study(study, study.trials[:1], LocalExecutor(), store, log=lambda *_: None)
     (record,) = store.records().values()
@@ -142,7 +143,7 @@ def test_fresh_moves_old_results_aside_and_resume_skips_finished(tmp_path):
 
 def test_ray_executor_gives_the_local_results(tmp_path):
     ray = pytest.importorskip("ray")
-    study = load_study(str(write_study(tmp_path, "viaray")), layer_dims=layer_dims)
+    study = load_study(str(write_study(tmp_path, "viaray")), layer_sizes=layer_sizes)
     local, remote = Store("local", tmp_path / "a"), Store("remote", tmp_path / "b")
     run_study(study, study.trials, LocalExecutor(), local, log=lambda *_: None)
     run_study(study, study.trials, RayExecutor(num_cpus=2), remote, log=lambda *_: None)
@@ -155,7 +156,7 @@ def test_ray_executor_gives_the_local_results(tmp_path):
 
 
 def test_only_selects_by_config_or_adapter_parameter(tmp_path):
-    study = load_study(str(write_study(tmp_path)), layer_dims=layer_dims)
+    study = load_study(str(write_study(tmp_path)), layer_sizes=layer_sizes)
     assert len(select(study.trials, ["adapter=more"])) == 2
     assert len(select(study.trials, ["adapter=more", "nblocks=4"])) == 1
     with pytest.raises(ValueError, match="key=value"):

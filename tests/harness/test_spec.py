@@ -1,8 +1,11 @@
 """Study files: expansion, filters, zip groups, parameter matching, stable ids, and every kind of bad file."""
+import dataclasses
+
 import pytest
 
-from harness.layers import layer_dims
-from harness.spec import StudyError, Trial, load_study
+from harness.adapters import AdapterSpec
+from harness.layers import layer_sizes
+from harness.spec import StudyError, load_study
 
 BASE = """
 name: grid
@@ -22,11 +25,11 @@ def study_file(tmp_path, adapters: str = "", text: str | None = None, name="grid
 
 
 def expand(tmp_path, adapters, profile="cpu"):
-    return load_study(study_file(tmp_path, adapters), profile=profile, layer_dims=layer_dims).trials
+    return load_study(study_file(tmp_path, adapters), profile=profile, layer_sizes=layer_sizes).trials
 
 
 def params_of(trials, method):
-    return [t.config["adapter_params"] for t in trials if t.config["adapter"] == method]
+    return [t.adapter.params for t in trials if t.adapter and t.adapter.method == method]
 
 
 def test_cartesian_product_zip_and_where(tmp_path):
@@ -40,8 +43,8 @@ def test_cartesian_product_zip_and_where(tmp_path):
     where: ["blk_r <= blk_sz"]
 """)
     assert [(p["nblocks"], p["blk_r"]) for p in params_of(trials, "more") if "nblocks" in p] == [(2, 1), (2, 2), (4, 1), (4, 2)]
-    square = [t for t in trials if t.config.get("label") == "square blocks"]
-    assert [(t.config["adapter_params"]["blk_sz"], t.config["adapter_params"]["blk_r"]) for t in square] == [(4, 4), (16, 16)]
+    square = [t for t in trials if t.label == "square blocks"]
+    assert [(t.adapter.params["blk_sz"], t.adapter.params["blk_r"]) for t in square] == [(4, 4), (16, 16)]
 
 
 def test_learning_rates_seeds_and_profiles(tmp_path):
@@ -52,8 +55,9 @@ def test_learning_rates_seeds_and_profiles(tmp_path):
 """
     cpu = expand(tmp_path, adapters)
     gpu = expand(tmp_path, adapters, profile="gpu")
-    assert [(t.config["lr"], t.config["seed"]) for t in cpu] == [(1e-4, 0), (1e-3, 0)]
-    assert len(gpu) == 6 and {t.config["steps"] for t in gpu} == {1000} and {t.config["seed"] for t in gpu} == {0, 1, 2}
+    assert [(t.lr, t.seed) for t in cpu] == [(1e-4, 0), (1e-3, 0)]
+    assert len(gpu) == 6 and {t.steps for t in gpu} == {1000} and {t.seed for t in gpu} == {0, 1, 2}
+    assert {t.kind for t in cpu} == {"measure"} and {t.profile for t in gpu} == {"gpu"}
 
 
 def test_parameter_matching_picks_the_nearest_lora(tmp_path):
@@ -80,10 +84,10 @@ def test_trial_ids_are_stable_and_change_with_any_value(tmp_path):
     adapters = "  - method: more\n    axes: {nblocks: [4], blk_r: [2]}\n"
     first, again = expand(tmp_path, adapters)[0], expand(tmp_path, adapters)[0]
     assert first.id == again.id and len(first.id) == 16
-    for key, value in [("lr", 0.5), ("seed", 1), ("steps", 11), ("model", "smollm2")]:
-        changed = Trial(first.study, {**first.config, key: value})
+    for key, value in [("lr", 0.5), ("seed", 1), ("steps", 11), ("model", "smollm2"), ("repeats", 3)]:
+        changed = dataclasses.replace(first, **{key: value})
         assert changed.id != first.id, key
-    other_params = Trial(first.study, {**first.config, "adapter_params": {"nblocks": 4, "blk_r": 3}})
+    other_params = dataclasses.replace(first, adapter=AdapterSpec.make("more", {"nblocks": 4, "blk_r": 3}))
     assert other_params.id != first.id
 
 
@@ -97,7 +101,7 @@ def test_trial_ids_are_stable_and_change_with_any_value(tmp_path):
      r"adapters\[0\]\.where: the filters \['blk_r < nblocks'\] remove every point"),
     ("  - method: more\n    axes: {nblocks: [2]}\n    where: ['blk_sz > 1']\n", None, r"unknown axis 'blk_sz' in filter"),
     (None, "name: x\nmodels: [minilm]\nadapters: []\n", r"adapters: the grid is empty"),
-    (None, "name: x\nmodels: [minlm]\nadapters: [{method: lora}]\n", r"models: unknown model 'minlm'\. Did you mean 'minilm'"),
+    (None, "name: x\nmodels: [minlm]\nadapters: [{method: lora}]\n", r"models: Unknown model 'minlm'\. Did you mean 'minilm'"),
     (None, "name: x\nmodels: [minilm]\ntasks: [bolq]\nadapters: [{method: lora}]\n", r"tasks: unknown task 'bolq'\. Did you mean 'boolq'"),
     (None, "name: x\nmodels: minilm\nadapters: [{method: lora}]\n", r"models: expected list, got str"),
     (None, "name: x\nmodel: [minilm]\nadapters: [{method: lora}]\n", r"model: unknown key\. Did you mean 'models'"),
@@ -105,11 +109,19 @@ def test_trial_ids_are_stable_and_change_with_any_value(tmp_path):
     (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {steps: many}}\n", r"profiles\.cpu\.steps: expected int, got str"),
     (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora, match: more, axes: {r: [2]}}]\n", r"nothing to match"),
     (None, "name: [x\n", r"file: not valid YAML"),
+    (None, "name: x\nmodels: [llama-7b]\nadapters: [{method: lora}]\n", r"models: Unknown model 'llama-7b'.*'llama-7b@paper'"),
+    (None, "name: x\nmodels: [minilm]\nmeasure: [param]\nadapters: [{method: lora}]\n",
+     r"measure: unknown measurement 'param'\. Did you mean 'params'"),
+    (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {dtype: fp64}}\n",
+     r"profiles\.cpu\.dtype: unknown value 'fp64'\. .*Choose from fp32, bf16, fp16"),
+    (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {shapes: [{batch: 0}]}}\n",
+     r"shapes\[0\]\.batch: must be 1 or more"),
+    (None, "name: x\nmodels: [minilm]\nadapters: [{method: none, axes: {r: [2]}}]\n", r"adapters\[0\]\.axes: The control"),
 ])
 def test_bad_study_files_are_rejected_naming_file_key_and_reason(tmp_path, adapters, text, match):
     path = study_file(tmp_path, adapters or "", text=text)
     with pytest.raises(StudyError, match=match) as err:
-        load_study(path, layer_dims=layer_dims)
+        load_study(path, layer_sizes=layer_sizes)
     assert str(err.value).startswith(path)
 
 

@@ -2,13 +2,16 @@
 order is paired across adapters, and every trainable module is counted."""
 import pytest
 
+from harness.adapters import AdapterSpec
 from harness.run_trial import run_trial
+from harness.trial import TrialConfig
 
 
 def trial(model, task, adapter, params, **budget):
-    config = {"model": model, "task": task, "adapter": adapter, "adapter_params": params, "lr": 3e-3, "seed": 0,
-              "steps": 8, "batch": 8, "seq_len": 64, "eval_examples": 16, "train_examples": 8, "threads": 2, **budget}
-    return run_trial(config)["rows"]
+    settings = {"lr": 3e-3, "seed": 0, "steps": 8, "batch": 8, "seq_len": 64, "eval_examples": 16,
+                "train_examples": 8, "threads": 2, **budget}
+    config = TrialConfig(kind="train", model=model, task=task, adapter=AdapterSpec.make(adapter, params), **settings)
+    return run_trial(config).rows
 
 
 def series(rows, metric):
@@ -47,3 +50,15 @@ def test_runs_are_deterministic_and_evaluated_on_schedule():
     again = trial("minilm", "piqa", "more", {"nblocks": 2, "blk_r": 2}, steps=4, eval_every=2, batch=4)
     assert series(first, "train_loss") == series(again, "train_loss")
     assert [r["step"] for r in first if r["metric"] == "eval_loss" and r["step"] is not None] == [0, 2, 4]
+
+
+def test_a_training_trial_reports_only_the_costs_it_is_asked_for():
+    rows = trial("minilm", "boolq", "lora", {"r": 2}, steps=2, eval_examples=8, train_examples=4, batch=4,
+                 measure=["params"])
+    metrics = {r["metric"] for r in rows}
+    assert "trainable_params" in metrics and "eval_loss" in metrics
+    assert not metrics & {"peak_rss_bytes", "train_rss_bytes", "time_step_s", "tokens_per_s", "train_time_s"}
+    flops = trial("minilm", "boolq", "lora", {"r": 2}, steps=2, eval_examples=8, train_examples=4, batch=4,
+                  measure=["params", "flops"])
+    (row,) = [r for r in flops if r["metric"] == "flops_forward"]
+    assert row["value"] != row["value"] and "a measure trial" in row["note"]  # NaN with the reason, never 0

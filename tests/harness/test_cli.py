@@ -1,0 +1,88 @@
+"""The command line, in this process: list, dry runs, a quick measurement, and bad input that ends
+with a message and exit status 2, never a traceback or a question to the hub."""
+import json
+
+import pytest
+import transformers
+
+from harness.cli import main
+
+
+def run(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture
+def no_hub(monkeypatch):
+    """Any question to the hub fails the test."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the hub was asked")
+
+    for auto in (transformers.AutoConfig, transformers.AutoTokenizer, transformers.AutoModel):
+        monkeypatch.setattr(auto, "from_pretrained", refuse)
+
+
+def test_list_names_studies_models_tasks_and_adapters(capsys):
+    status, out, _ = run(capsys, "list")
+    assert status == 0
+    for name in ("rank_ablation", "efficiency", "minilm", "llama-7b@paper", "commonsenseqa", "more", "lora"):
+        assert name in out, name
+
+
+def test_dry_run_lists_the_trials_with_closed_form_counts(capsys):
+    status, out, _ = run(capsys, "run", "rank_ablation", "--dry-run", "--profile", "cpu")
+    assert status == 0 and "9 trials" in out
+    lines = out.splitlines()
+    more = next(line for line in lines if "more(blk_r=4,nblocks=4)" in line)
+    assert "64 x 16" in more and "55,296" in more  # 18 matrices of 384 x 384 at 3,072 parameters each
+    assert any(" none " in line and "0" in line.split()[-1] for line in lines)
+
+
+def test_a_bad_study_exits_2_naming_file_and_key(capsys, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: bad\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {step: 3}}\n")
+    status, out, err = run(capsys, "run", str(path), "--dry-run")
+    assert status == 2 and f"error: {path}: profiles.cpu.step: unknown key. Did you mean 'steps'?" in err
+    assert "Traceback" not in err
+
+
+def test_measure_on_minilm(capsys):
+    status, out, _ = run(capsys, "measure", "--model", "minilm", "--adapter", "lora:r=4", "--what", "params",
+                         "--seq-len", "8", "--batch", "1", "--json")
+    assert status == 0
+    result = json.loads(out)
+    assert result["status"] == "ok" and result["config"]["kind"] == "measure"
+    assert result["info"]["model_info"]["weights"] == "pretrained"
+    adapter = next(r["value"] for r in result["rows"] if r["metric"] == "adapter_params" and not r["scope"])
+    assert adapter == 18 * 4 * (384 + 384)
+    status, out, _ = run(capsys, "measure", "--model", "minilm", "--adapter", "none", "--what", "params",
+                         "--seq-len", "8", "--batch", "1")
+    assert status == 0 and "+ no adapter" in out and "trainable_params" in out
+
+
+@pytest.mark.parametrize("name", ["llama-7b", "roberta-large", "foo"])
+def test_bare_model_names_exit_2_with_the_registry_message_from_every_command(capsys, tmp_path, no_hub, name):
+    expected = f"Unknown model {name!r}."
+    status, _, err = run(capsys, "measure", "--model", name)
+    assert status == 2 and expected in err and "Registered names: minilm" in err
+    study = tmp_path / "bare.yaml"
+    study.write_text(f"name: bare\nmodels: [{name}]\nadapters: [{{method: lora}}]\n")
+    status, _, err = run(capsys, "run", str(study), "--results-dir", str(tmp_path / "results"))
+    assert status == 2 and f"{study}: models: {expected}" in err
+    status, _, err = run(capsys, "compare", "--model", name, "--adapters", "lora:r=2", "--results-dir", str(tmp_path))
+    assert status == 2 and expected in err
+    assert not (tmp_path / "results").exists() and not list(tmp_path.glob("compare-*"))
+
+
+def test_llama_7b_points_to_its_paper_architecture(capsys, no_hub):
+    _, _, err = run(capsys, "measure", "--model", "llama-7b")
+    assert "'llama-7b@paper'" in err and "'huggyllama/llama-7b'" in err
+
+
+def test_bad_options_exit_2(capsys):
+    status, _, err = run(capsys, "measure", "--model", "minilm", "--what", "flop")
+    assert status == 2 and "measure: unknown measurement 'flop'. Did you mean 'flops'?" in err
+    status, _, err = run(capsys, "measure", "--model", "minilm", "--adapter", "lora:rank=2")
+    assert status == 2 and "Adapter 'lora' has no parameter 'rank'" in err
