@@ -34,21 +34,21 @@ test: setup
 # what an earlier run finished, then draws its figures. STUDY_FLAGS passes more, e.g. --jobs 2 or --fresh.
 study-rank-ablation: setup
 	$(HARNESS) run rank_ablation $(STUDY_FLAGS)
-	$(PY) -m harness.figures rank_ablation
+	$(HARNESS) figures rank_ablation
 
 study-block-ablation: setup
 	$(HARNESS) run block_ablation $(STUDY_FLAGS)
-	$(PY) -m harness.figures block_ablation
+	$(HARNESS) figures block_ablation
 
 study-efficiency: setup
 	$(HARNESS) run efficiency $(STUDY_FLAGS)
-	$(PY) -m harness.figures efficiency
+	$(HARNESS) figures efficiency
 
 figures: setup
-	$(PY) -m harness.figures rank_ablation block_ablation efficiency
+	$(HARNESS) figures rank_ablation block_ablation efficiency
 
 paper-figures: setup
-	$(PY) -m harness.figures --paper
+	$(HARNESS) figures --paper
 
 # On a CUDA machine (use a CUDA torch there, e.g. TORCH="torch==2.13.0 --index-url .../cu128").
 bench-gpu: setup
