@@ -11,7 +11,8 @@ HELP = "draw the figures of studies under results/<study>/figures/, and the pape
 
 def configure(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds the figures arguments to a (sub-)parser."""
-    parser.add_argument("studies", nargs="*", metavar="STUDY", help="studies to draw (default: every study with results)")
+    parser.add_argument("studies", nargs="*", metavar="STUDY",
+                        help="studies to draw (default: every study with results)")
     parser.add_argument("--paper", action="store_true", help="draw the paper's figures beside ours, "
                         "into results/paper/figures/ (alone, when no study is named)")
     parser.add_argument("--results-dir", default=None, help="read results from here instead of results/")

@@ -15,6 +15,7 @@ from typing import Callable
 import pandas as pd
 
 from .. import paper
+from ..adapters import SETTING_SHORT_NAMES
 from ..store import RESULTS_DIR, load
 from .commonsense import commonsense_heatmap
 from .cost import cost_panels
@@ -24,8 +25,8 @@ from .quality_params import quality_vs_params
 from .tables import COMMONSENSE_COLUMNS, MissingColumns, NothingToDraw, ok_only
 
 QUALITIES = ("metric", "loss")
-# Adapter settings whose values tell one adapter size from another; nblocks has its own figure.
-SIZE_COLUMNS = ["adapter", "label", "blk_sz", "blk_r", "r", "lora_alpha"]
+# The columns that tell one adapter size from another; nblocks has its own figure.
+SIZE_COLUMNS = ["adapter", "label", *(c for c in SETTING_SHORT_NAMES if c != "nblocks")]
 
 
 def attempt(figure, *args, **kwargs) -> list[Path]:
