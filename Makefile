@@ -34,21 +34,21 @@ test: setup
 # what an earlier run finished, then draws its figures. STUDY_FLAGS passes more, e.g. --jobs 2 or --fresh.
 study-rank-ablation: setup
 	$(HARNESS) run rank_ablation $(STUDY_FLAGS)
-	$(PY) -m harness.figures rank_ablation
+	$(HARNESS) figures rank_ablation
 
 study-block-ablation: setup
 	$(HARNESS) run block_ablation $(STUDY_FLAGS)
-	$(PY) -m harness.figures block_ablation
+	$(HARNESS) figures block_ablation
 
 study-efficiency: setup
 	$(HARNESS) run efficiency $(STUDY_FLAGS)
-	$(PY) -m harness.figures efficiency
+	$(HARNESS) figures efficiency
 
 figures: setup
-	$(PY) -m harness.figures rank_ablation block_ablation efficiency
+	$(HARNESS) figures rank_ablation block_ablation efficiency
 
 paper-figures: setup
-	$(PY) -m harness.figures --paper
+	$(HARNESS) figures --paper
 
 # On a GPU machine, with the Python that is there (no venv, nothing installed; the project from this tree):
 # checks every Triton tiling, times the kernels and training steps, writes GPU_OUT (default

@@ -143,3 +143,18 @@ def parse_adapter(text: str) -> AdapterSpec | None:
 def method_of(spec: AdapterSpec | None) -> str:
     """The method name a table shows: the spec's, or `none` for the control."""
     return NO_ADAPTER if spec is None else spec.method
+
+
+# ---- how results name adapters: display names for figures and tables ------------------------------------
+
+# The method as readers know it; "none" is the control that trains no adapter.
+DISPLAY_NAMES = {"more": "MoRe", "lora": "LoRA", NO_ADAPTER: "no adapter"}
+# Short names of the settings that tell one configuration from another: "MoRe k=4 r=4", "LoRA r=8".
+SETTING_SHORT_NAMES = {"nblocks": "k", "blk_sz": "b", "blk_r": "r", "r": "r"}
+
+
+def series_name(method, label=None) -> str:
+    """The series a trial belongs to: its method's display name, with the study's label when it has one
+    ("MoRe", "LoRA", "MoRe (square blocks)")."""
+    name = DISPLAY_NAMES.get(method, str(method))
+    return f"{name} ({label})" if isinstance(label, str) and label else name

@@ -235,6 +235,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     li = sub.add_parser("list", help="list studies, models, tasks and adapters")
     li.set_defaults(func=cmd_list)
+
+    from .figures import cli as figures_cli
+
+    figures_cli.configure(sub.add_parser("figures", help=figures_cli.HELP)).set_defaults(func=figures_cli.run)
     return parser
 
 

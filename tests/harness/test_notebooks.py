@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,22 +12,25 @@ from nbclient import NotebookClient
 
 from harness.store import RESULTS_DIR
 
-from test_figures import rank_records, write_study  # pytest puts tests/ on sys.path
+from synthetic_studies import rank_records, write_study  # pytest puts this folder on sys.path
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = ROOT / "notebooks"
 EXPLORE = NOTEBOOKS / "explore_results.ipynb"
 KERNEL = "harness-test-venv"
 
 
 @pytest.fixture
 def venv_kernel(tmp_path, monkeypatch):
-    """A kernelspec that runs this interpreter (the venv's), whatever `python3` means elsewhere."""
+    """A kernelspec that runs this interpreter (the venv's), whatever `python3` means elsewhere, on this
+    checkout's code rather than whatever copy of the harness the venv has installed."""
     spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
             "display_name": "harness venv", "language": "python"}
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     from jupyter_client.kernelspec import KernelSpecManager
 
     assert KernelSpecManager().get_kernel_spec(KERNEL).argv[0] == sys.executable

@@ -1,0 +1,83 @@
+"""Cost panels: one figure per cost (trainable parameters, FLOPs, peak memory, step time), bars per adapter
+configuration, faceted by model (rows) and sequence length (columns)."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import EngFormatter, MaxNLocator
+
+from .style import STYLE, finish, series_colours, styled
+from .tables import (RESULT_COLUMNS, NothingToDraw, config_label, cost_metric, describe_ours, fmt, notes_of, ok_only,
+                     per_trial, require, row_series)
+
+
+@styled
+def cost_panels(results: pd.DataFrame, *, out_dir, costs=("params", "flops", "memory", "time"),
+                name: str = "cost") -> list[Path]:
+    """One figure per cost (`harness.figures.tables.COSTS`) that was measured, named `<name>_<cost>`; the
+    costs that were not are skipped with a printed reason."""
+    require(results, RESULT_COLUMNS, "cost_panels")
+    results = ok_only(results)
+    paths, skipped = [], []
+    for cost in costs:
+        try:
+            paths += cost_figure(results, cost, out_dir, f"{name}_{cost}")
+        except NothingToDraw as err:
+            skipped.append(f"{cost} ({err})")
+    if skipped:
+        print(f"cost_panels: skipped {'; '.join(skipped)}")
+    if not paths:
+        raise NothingToDraw("cost_panels: no cost was measured")
+    return paths
+
+
+def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Path]:
+    metric, label, scale = cost_metric(results, cost)
+    table = per_trial(results, [metric, f"{metric}_iqr"])
+    table["config"] = [config_label(row) for _, row in table.iterrows()]
+    table["series"] = [row_series(row) for _, row in table.iterrows()]
+    table["seq_len"] = table["seq_len"] if "seq_len" in table else np.nan
+    models = sorted(table["model"].dropna().unique(), key=str)
+    seq_lens = sorted(table["seq_len"].dropna().unique()) or [np.nan]
+    configs = sorted(table["config"].unique(), key=lambda c: (c.split(" ")[0], len(c), c))
+    colours = series_colours(table["series"])
+    height = 0.55 + 0.16 * len(configs)
+    fig, axes = plt.subplots(len(models), len(seq_lens), figsize=(min(7.0, 1.3 + 2.1 * len(seq_lens)),
+                             0.3 + height * len(models)), layout="constrained", squeeze=False, sharey=True)
+    for i, model in enumerate(models):
+        for j, seq_len in enumerate(seq_lens):
+            facet = table[(table["model"] == model) & ((table["seq_len"] == seq_len) | pd.isna(seq_len))]
+            draw_cost_facet(axes[i][j], facet, metric, scale, configs, colours, results)
+            title = f"{model}" + (f" · seq_len {fmt(seq_len)}" if pd.notna(seq_len) else "")
+            axes[i][j].set_title(title)
+    fig.supxlabel(label, fontsize=STYLE["axes.labelsize"])  # one label: per-facet ones collide
+    axes[0][0].invert_yaxis()  # shared by every facet: the first configuration on top
+    captions = [describe_ours(results), "k = nblocks, b = blk_sz, r = blk_r (MoRe) or rank (LoRA)"]
+    if f"{metric}_iqr" in table and table[f"{metric}_iqr"].notna().any():
+        captions.append("bars: median; whiskers: interquartile range of the repeats")
+    if metric == "time_step_s" and notes_of(results, metric).startswith("mean"):
+        captions.append("training trials: mean step time over the run")
+    return finish(fig, list(axes.flat), f"Cost: {label.split(' (')[0]}", captions, out_dir, name)
+
+
+def draw_cost_facet(ax, facet, metric, scale, configs, colours, results) -> None:
+    values = facet.groupby("config")[metric].median().reindex(configs) * scale
+    iqr = facet.groupby("config")[f"{metric}_iqr"].median().reindex(configs) * scale
+    series = facet.groupby("config")["series"].first().reindex(configs)
+    positions = np.arange(len(configs))
+    bar_colours = [colours.get(s, "0.6") for s in series]
+    ax.barh(positions, values.fillna(0), xerr=iqr.fillna(0) if iqr.notna().any() else None,
+            color=bar_colours, error_kw={"elinewidth": 0.8, "capsize": 1.5})
+    ax.set_yticks(positions, configs)
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    if scale == 1.0:
+        ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    if values.isna().all():
+        model_rows = results[results["model"].isin(facet["model"].unique())]
+        note = notes_of(model_rows, metric) or "not measured"
+        ax.text(0.5, 0.5, textwrap.fill(note, 28), transform=ax.transAxes, ha="center", va="center", fontsize=6)
+        ax.set_xticks([])

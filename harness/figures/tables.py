@@ -1,0 +1,368 @@
+"""What the figures plot, as pandas tables: no drawing here, and no matplotlib.
+
+From the frame `harness.store.load` returns (one row per measurement, joined with its trial's config):
+one row per trial (`per_trial`), one point per configuration over seeds with its spread
+(`summarise_seeds`), the best learning rate of each configuration (`keep_best_lr`), the horizontal
+reference lines (`baselines`), the Pareto front (`pareto_mask`), and the captions that say what a
+figure shows. A table that lacks what a figure needs raises `MissingColumns` or `NothingToDraw`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import paper as paper_tables
+from ..adapters import SETTING_SHORT_NAMES, series_name
+from ..store import METRIC_COLUMNS, final_values
+from ..tasks import TASKS
+
+RESULT_COLUMNS = ["trial_id", "metric", "value", "step", "model", "task", "adapter"]
+CONFIG_COLUMNS = ["model", "task", "adapter", "label", "nblocks", "blk_sz", "blk_r", "r", "lora_alpha",
+                  "target_modules", "profile", "steps", "batch", "seq_len", "device"]
+TASK_METRICS = ("matthews", "f1", "pearson", "exact_match", "accuracy", "spearman")  # headline metric first
+METRIC_NAMES = {"matthews": "Matthews correlation", "accuracy": "accuracy", "f1": "F1", "pearson": "Pearson r",
+                "spearman": "Spearman rho", "exact_match": "exact match"}
+COMMONSENSE_COLUMNS = {"boolq": "BoolQ", "piqa": "PIQA", "siqa": "SIQA", "hellaswag": "HellaSwag",
+                       "winogrande": "WinoGrande", "arc_e": "ARC-e", "arc_easy": "ARC-e", "arc_c": "ARC-c",
+                       "arc_challenge": "ARC-c", "openbookqa": "OBQA", "obqa": "OBQA"}
+# cost -> candidates in order of preference: (metric, axis label, scale to the axis unit).
+# Counts keep scale 1 and get engineering ticks (20k, 1.5M, 80G).
+COSTS = {
+    "params": [("trainable_params", "trainable parameters (count; adapter + task head)", 1.0)],
+    "adapter_params": [("adapter_params", "adapter parameters (count)", 1.0),
+                       ("trainable_params", "trainable parameters (count)", 1.0)],
+    "flops": [("flops_train_step", "FLOPs per training step (FLOP)", 1.0),
+              ("flops_forward", "FLOPs per forward pass (FLOP)", 1.0)],
+    "memory": [("peak_memory_allocated_bytes", "peak GPU memory allocated (GiB)", 2.0**-30),
+               ("peak_rss_bytes", "peak process memory, RSS (GiB)", 2.0**-30)],
+    "time": [("time_step_s", "time per training step (ms)", 1e3)],
+}
+# Student's t at 97.5% for 1..30 degrees of freedom: 95% confidence bands over a few seeds.
+T_975 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11,
+         2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04]
+
+
+class MissingColumns(ValueError):
+    """A table lacks a column that a figure needs."""
+
+
+class NothingToDraw(ValueError):
+    """The table has the columns but no rows this figure can draw."""
+
+
+def require(frame: pd.DataFrame, columns, figure: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise MissingColumns(f"{figure}: the table lacks column(s) {', '.join(missing)}; "
+                             f"it needs {', '.join(columns)}")
+
+
+# ---- one row per trial ----------------------------------------------------------------------------
+
+def ok_only(results: pd.DataFrame) -> pd.DataFrame:
+    return results[results["status"] == "ok"] if "status" in results else results
+
+
+def per_trial(results: pd.DataFrame, metrics, step: int | None = None) -> pd.DataFrame:
+    """One row per trial: its config columns and the whole-model value of each metric at `step`
+    (None: the final value)."""
+    rows = results[results["metric"].isin(list(metrics))]
+    rows = final_values(rows) if step is None else rows[(rows["step"] == step) & (rows["scope"].fillna("") == "")]
+    # groupby-first keeps a trial whose value is NaN (not measured); pivot_table would drop it
+    wide = rows.groupby(["trial_id", "metric"])["value"].first().unstack()
+    wide = wide.reindex(columns=list(metrics))
+    config = results.drop_duplicates("trial_id").set_index("trial_id")
+    config = config[[c for c in config.columns if c not in METRIC_COLUMNS]]
+    return config.join(wide, how="inner").reset_index()
+
+
+def notes_of(results: pd.DataFrame, metric: str) -> str:
+    """The first note of a metric's rows ("not measured: ...", "majority class"), or ""."""
+    if "note" not in results:
+        return ""
+    notes = results.loc[results["metric"] == metric, "note"].dropna()
+    notes = notes[notes != ""]
+    return str(notes.iloc[0]) if len(notes) else ""
+
+
+def config_keys(frame: pd.DataFrame) -> list[str]:
+    return [c for c in CONFIG_COLUMNS if c in frame.columns]
+
+
+def fmt(value) -> str:
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def unique_text(frame: pd.DataFrame, column: str) -> str:
+    if column not in frame:
+        return ""
+    values = frame[column].dropna().unique()
+    numeric = all(isinstance(v, (int, float, np.number)) for v in values)
+    return "/".join(fmt(v) for v in sorted(values, key=None if numeric else str))
+
+
+def row_series(row) -> str:
+    """The series of a trial's row: "MoRe", "LoRA", "MoRe (square blocks)"."""
+    return series_name(row["adapter"], row.get("label"))
+
+
+def config_label(row) -> str:
+    """A configuration, short enough for an axis: "MoRe k=4 r=4", "LoRA r=8"."""
+    settings = [f"{short}={fmt(row[column])}" for column, short in SETTING_SHORT_NAMES.items()
+                if column in row and pd.notna(row[column])]
+    return " ".join([row_series(row), *settings])
+
+
+# ---- captions --------------------------------------------------------------------------------------
+
+def describe_ours(results: pd.DataFrame) -> str:
+    """Model, task, budget, device and seeds, read from the tables."""
+    parts = [f"model {unique_text(results, 'model')}"]
+    if unique_text(results, "task"):
+        parts.append(f"task {unique_text(results, 'task')}")
+    budget = ", ".join(f"{name} {unique_text(results, name)}" for name in ("steps", "batch", "seq_len")
+                       if unique_text(results, name))
+    if budget:
+        parts.append(budget)
+    if unique_text(results, "device"):
+        parts.append(f"device {unique_text(results, 'device')}")
+    seeds = results["seed"].nunique() if "seed" in results else 1
+    parts.append(f"{seeds} seed{'s' if seeds != 1 else ''}")
+    return "ours: " + " · ".join(parts)
+
+
+def describe_paper(table: pd.DataFrame) -> str:
+    return f"paper: model {unique_text(table, 'model')} · task {unique_text(table, 'task')} · {paper_tables.SOURCE}"
+
+
+def describe_spread(points: pd.DataFrame) -> str:
+    seeds = set(points["n"])
+    parts = []
+    if max(seeds) > 1:
+        parts.append(f"bands and bars: 95% CI over {fmt(max(seeds))} seeds")
+    if 1 in seeds:
+        parts.append("error bars: ±1 s.e. of the eval set (one seed)")
+    return "; ".join(parts)
+
+
+# ---- the quality axis ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Quality:
+    metric: str  # "matthews", ..., or "loss"
+    column: str
+    se_column: str
+    axis_label: str
+    subtitle: str
+    scale: float
+    higher_is_better: bool
+    bounds: tuple[float, float]  # the values the quality can take: bands are clipped to them
+
+
+def task_metric(results: pd.DataFrame) -> str:
+    """The headline metric of the study's task(s): the task registry's first metric, else by priority."""
+    available = {m[len("eval_"):] for m in results["metric"].unique() if str(m).startswith("eval_")}
+    for task in results["task"].dropna().unique() if "task" in results else []:
+        if task in TASKS and TASKS[task].metrics[0] in available:
+            return TASKS[task].metrics[0]
+    for metric in TASK_METRICS:
+        if metric in available:
+            return metric
+    raise NothingToDraw("no final eval_<metric> in the results: the study has no training trials")
+
+
+def quality_axis(results: pd.DataFrame | None, quality: str = "metric", metric: str | None = None) -> Quality:
+    """`quality`: "metric" (the final task metric, x 100) or "loss" (the final held-out loss)."""
+    if quality == "loss":
+        return Quality("loss", "eval_loss", "eval_loss_se", "held-out loss (nats, lower is better)",
+                       "quality axis: held-out loss (lower is better)", 1.0, False, (0.0, math.inf))
+    if quality != "metric":
+        raise ValueError(f"quality must be 'metric' or 'loss', got {quality!r}")
+    metric = metric or (task_metric(results) if results is not None else "matthews")
+    name = METRIC_NAMES.get(metric, metric)
+    lowest = -100.0 if metric in ("matthews", "pearson", "spearman") else 0.0  # correlations can be negative
+    return Quality(metric, f"eval_{metric}", f"eval_{metric}_se", f"{name} × 100",
+                   f"quality axis: final eval {name} × 100 (higher is better)", 100.0, True, (lowest, 100.0))
+
+
+def figure_quality(figure: str, results, paper, quality: str, metric: str | None) -> Quality:
+    """The quality axis of a figure that draws ours, the paper's, or both: ours when we have results,
+    else the paper's own metric."""
+    if results is None and paper is None:
+        raise NothingToDraw(f"{figure}: neither our results nor the paper's table")
+    if results is not None:
+        return quality_axis(results, quality, metric)
+    require(paper, ["metric"], "paper table")
+    return quality_axis(None, "metric", str(paper["metric"].iloc[0]))
+
+
+# ---- points, spreads and reference lines -----------------------------------------------------------
+
+def trial_quality(results: pd.DataFrame, q: Quality, x_metric: str | None = None,
+                  x_column: str | None = None) -> pd.DataFrame:
+    """Per trial: config, `y` (quality, scaled), `y_se` (its eval-set s.e.) and `x` (a metric or a column)."""
+    metrics = [q.column, q.se_column] + ([x_metric] if x_metric else [])
+    table = per_trial(ok_only(results), metrics)
+    table = table[table[q.column].notna()].copy()
+    if table.empty:
+        raise NothingToDraw(f"no final {q.column} in the results")
+    table["y"] = table[q.column] * q.scale
+    table["y_se"] = table[q.se_column] * q.scale
+    table["x"] = table[x_metric] if x_metric else table[x_column]
+    table = table[table["x"].notna()]
+    if "adapter" in table:
+        table = table[table["adapter"] != "none"]  # controls are drawn as reference lines
+    if table.empty:
+        raise NothingToDraw(f"no trial has both {q.column} and {x_metric or x_column}")
+    return table
+
+
+def keep_best_lr(table: pd.DataFrame, higher_is_better: bool) -> tuple[pd.DataFrame, int]:
+    """When a study sweeps learning rates, each configuration keeps its best (mean over seeds). Returns the
+    most learning rates any one configuration was tried with (series with one rate each count 1)."""
+    keys = [k for k in config_keys(table) if k != "lr"]
+    if "lr" not in table:
+        return table, 1
+    tried = int(table.groupby(keys, dropna=False)["lr"].nunique().max())
+    if tried <= 1:
+        return table, 1
+    means = table.groupby(keys + ["lr"], dropna=False)["y"].mean().reset_index()
+    pick = "idxmax" if higher_is_better else "idxmin"
+    best = means.loc[getattr(means.groupby(keys, dropna=False)["y"], pick)()]
+    return table.merge(best[keys + ["lr"]], on=keys + ["lr"]), tried
+
+
+def summarise_seeds(table: pd.DataFrame, bounds=(-math.inf, math.inf)) -> pd.DataFrame:
+    """One point per configuration: the mean quality and its spread [lo, hi]: a 95% CI over seeds when there
+    are several, else ±1 standard error of the eval set; clipped to the values the quality can take."""
+    points = []
+    for _, group in table.groupby(config_keys(table), dropna=False):
+        n, y = len(group), group["y"].mean()
+        half = T_975[min(n - 1, 30) - 1] * group["y"].std(ddof=1) / math.sqrt(n) if n > 1 else group["y_se"].iloc[0]
+        points.append({**group.iloc[0].to_dict(), "x": group["x"].median(), "y": y, "n": n,
+                       "lo": max(y - half, bounds[0]), "hi": min(y + half, bounds[1])})
+    return pd.DataFrame(points)
+
+
+def error_bars(points: pd.DataFrame):
+    """Asymmetric error bars from [lo, hi] (clipping makes them asymmetric); None without a spread."""
+    if "lo" not in points or points["lo"].isna().all():
+        return None
+    return np.vstack([(points["y"] - points["lo"]).fillna(0), (points["hi"] - points["y"]).fillna(0)])
+
+
+def baselines(results: pd.DataFrame, q: Quality) -> pd.DataFrame:
+    """Horizontal references per model and task: the majority class (or chance) for a metric, the untrained
+    model (step 0), and the control trials that train no adapter (no parameters to place on a log axis)."""
+    ok = ok_only(results)
+    references = []
+    if q.metric != "loss":
+        column = f"baseline_{q.metric}"
+        references.append((per_trial(ok, [column]), column, f"untrained: {notes_of(results, column) or 'baseline'}"))
+    references.append((per_trial(ok, [q.column], step=0), q.column, "untrained model (step 0)"))
+    controls = per_trial(ok[ok["adapter"].isin(["none"])], [q.column]) if "adapter" in ok else pd.DataFrame()
+    if not controls.empty:
+        label = unique_text(controls, "label") or "no adapter"
+        references.append((controls, q.column, f"control: {label}"))
+    lines = []
+    for table, column, text in references:
+        table = table[table[column].notna()] if column in table else table.iloc[0:0]
+        if table.empty:
+            continue
+        line = table.groupby(["model", "task"])[column].median().reset_index()
+        line["y"], line["text"] = line[column] * q.scale, text
+        lines.append(line[["model", "task", "y", "text"]])
+    return pd.concat(lines, ignore_index=True) if lines else pd.DataFrame(columns=["model", "task", "y", "text"])
+
+
+def our_points(results, q: Quality, figure: str, x_metric=None, x_column=None, series=row_series):
+    """Per configuration points for a quality figure (with a `series` column), the reference lines, and the
+    caption lines that describe them."""
+    require(results, RESULT_COLUMNS + ([x_column] if x_column else []), figure)
+    table = trial_quality(results, q, x_metric=x_metric, x_column=x_column)
+    table, n_lrs = keep_best_lr(table, q.higher_is_better)
+    points = summarise_seeds(table, q.bounds)
+    points["series"] = [series(row) for _, row in points.iterrows()]
+    captions = [describe_ours(table), describe_spread(points)]
+    if n_lrs > 1:
+        captions.append(f"each point: the best of {n_lrs} learning rates (mean over seeds)")
+    return points, baselines(results, q), captions
+
+
+def paper_points(paper: pd.DataFrame | None, x_column: str, figure: str) -> pd.DataFrame | None:
+    """The paper's series as points (`x`, `y`), with the key of the colour they share with ours."""
+    if paper is None:
+        return None
+    require(paper, ["model", "task", "metric", "series", "adapter", x_column, "value"], figure)
+    table = paper.copy()
+    table["x"], table["y"] = table[x_column], table["value"]
+    labels = table["label"] if "label" in table else pd.Series("", index=table.index)
+    table["colour_key"] = [series_name(a, lab) for a, lab in zip(table["adapter"], labels.fillna(""))]
+    return table
+
+
+# ---- costs and the Pareto front --------------------------------------------------------------------
+
+def cost_metric(results: pd.DataFrame, cost: str) -> tuple[str, str, float]:
+    """The first candidate metric of a cost that has a measured (non-NaN) value: (metric, label, scale)."""
+    if cost not in COSTS:
+        raise ValueError(f"cost must be one of {', '.join(COSTS)}, got {cost!r}")
+    for metric, label, scale in COSTS[cost]:
+        if results.loc[results["metric"] == metric, "value"].notna().any():
+            return metric, label, scale
+    names = ", ".join(m for m, _, _ in COSTS[cost])
+    raise NothingToDraw(f"no measured value of {names} in the results")
+
+
+def pareto_mask(cost: np.ndarray, quality: np.ndarray, higher_is_better: bool) -> np.ndarray:
+    """True for the points no other point beats on both cost (lower) and quality."""
+    quality = quality if higher_is_better else -quality
+    keep = np.ones(len(cost), dtype=bool)
+    for i in range(len(cost)):
+        no_worse = (cost <= cost[i]) & (quality >= quality[i])
+        better = (cost < cost[i]) | (quality > quality[i])
+        keep[i] = not (no_worse & better).any()
+    return keep
+
+
+# ---- the commonsense table -------------------------------------------------------------------------
+
+def commonsense_grid(paper: pd.DataFrame, results: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int, list[str]]:
+    """The paper's Table 1 (accuracy %, one row per method, one column per task) with our rows under it
+    (one per model and adapter configuration, mean over seeds). Returns the grid, how many of its rows are
+    the paper's, and the caption lines."""
+    require(paper, ["method", "task", "accuracy"], "commonsense_heatmap (paper table)")
+    columns = paper_tables.COMMONSENSE_TASKS
+    rows = paper.assign(row=lambda t: "paper · " + t["method"] + (" · " + t["params"] if "params" in t else ""))
+    grid = rows.pivot_table(index="row", columns="task", values="accuracy", sort=False).reindex(columns=columns)
+    captions = [f"paper: Table 1 of {paper_tables.SOURCE}, model {unique_text(paper, 'model')}"]
+    if results is not None:
+        ours = our_commonsense_rows(results)
+        if ours.empty:
+            captions.append("ours: no commonsense results yet")
+        else:
+            grid = pd.concat([grid, ours.reindex(columns=columns)])
+            captions += [describe_ours(ok_only(results)), "ours: Avg left blank unless all eight tasks ran"]
+    return grid, rows["row"].nunique(), captions
+
+
+def our_commonsense_rows(results: pd.DataFrame) -> pd.DataFrame:
+    require(results, RESULT_COLUMNS, "commonsense_heatmap (our results)")
+    table = per_trial(ok_only(results), ["eval_accuracy"])
+    table = table[table["task"].isin(COMMONSENSE_COLUMNS) & table["eval_accuracy"].notna()].copy()
+    if table.empty:
+        return pd.DataFrame()
+    table["column"] = table["task"].map(COMMONSENSE_COLUMNS)
+    steps = table["steps"].map(lambda s: f" · {fmt(s)} steps") if "steps" in table else ""
+    labels = [config_label(r) for _, r in table.iterrows()]
+    table["row"] = "ours · " + table["model"].astype(str) + " · " + labels + steps
+    grid = table.pivot_table(index="row", columns="column", values="eval_accuracy", aggfunc="mean") * 100
+    eight = [c for c in paper_tables.COMMONSENSE_TASKS if c != "Avg"]
+    if set(eight) <= set(grid.columns):
+        grid["Avg"] = grid[eight].mean(axis=1).where(grid[eight].notna().all(axis=1))
+    return grid
