@@ -217,7 +217,7 @@ def measure_layer(plan: Plan, rec: Recorder, shape, tokens, blk_r, nblocks, done
     equal_params_rank = max(1, round(monarch.trainable_params / (in_features + out_features)))
     x = torch.randn(tokens, in_features, device=plan.device, dtype=plan.dtype, requires_grad=True)
     dy = torch.randn(tokens, out_features, device=plan.device, dtype=plan.dtype)
-    more_config = more.MoReConfig(nblocks=nblocks, blk_r=blk_r, target_modules=["proj"], init="random")
+    more_config = more.MoReConfig(nblocks=nblocks, blk_r=blk_r, target_modules=["proj"], init_weights=False)
     more_layer = adapted_layer(in_features, out_features, plan, more_config)
 
     def check_triton():
@@ -313,7 +313,7 @@ def measure_model(plan: Plan, rec: Recorder, name: str, spec: dict):
     vocab = base.config.vocab_size
     input_ids = torch.randint(0, vocab, (batch, seq), device=plan.device)
     adapters = {
-        "more-auto": more.MoReConfig(nblocks=PAPER_NBLOCKS, blk_r=PAPER_BLK_R, kernel="auto", init="random",
+        "more-auto": more.MoReConfig(nblocks=PAPER_NBLOCKS, blk_r=PAPER_BLK_R, kernel="auto", init_weights=False,
                                      target_modules=["q_proj", "k_proj", "v_proj"]),
         f"lora-r{LORA_RANK_FOR_MODELS}": peft.LoraConfig(r=LORA_RANK_FOR_MODELS, lora_alpha=LORA_RANK_FOR_MODELS,
                                                          target_modules=["q_proj", "k_proj", "v_proj"]),
