@@ -1,5 +1,6 @@
 """MoRe through PEFT's public API, on the real all-MiniLM-L6-v2 and on paper-scale meta-device configs."""
 import re
+import warnings
 
 import peft
 import pytest
@@ -51,6 +52,11 @@ def test_bias_options_train_and_save_the_right_biases(minilm_dir, bias, tmp_path
     trained = [n for n, p in model.named_parameters() if p.requires_grad and n.endswith(".bias")]
     expected = {"none": [], "more_only": [n for n in all_biases if ".base_layer." in n], "all": all_biases}[bias]
     assert trained == expected and len(expected) == {"none": 0, "more_only": 12, "all": len(all_biases)}[bias]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with model.disable_adapter():  # trained biases stay on: PEFT warns, for MoRe as for LoRA
+            pass
+    assert any("disabling adapter layers with bias" in str(w.message) for w in caught) == (bias != "none")
     model.save_pretrained(tmp_path)
     loaded = peft.PeftModel.from_pretrained(AutoModel.from_pretrained(minilm_dir), tmp_path)
     assert len([k for k in peft.get_peft_model_state_dict(loaded) if k.endswith(".bias")]) == len(expected)
