@@ -530,12 +530,9 @@ def write_outputs(rec: Recorder, out: Path, gpu: str):
     pd.DataFrame(rec.rows, columns=COLUMNS).to_csv(out / "measurements.csv", index=False)
     summary = summarize(rec.rows)
     summary.to_csv(out / "summary.csv", index=False)
-    try:
-        from more.kernels import triton_monarch
+    from more.dispatch import dispatch_table
 
-        pd.DataFrame(triton_monarch.dispatch_table()).to_csv(out / "dispatch.csv", index=False)
-    except ImportError:
-        pass
+    pd.DataFrame(dispatch_table()).to_csv(out / "dispatch.csv", index=False)
     try:
         save_figure(rec.rows, out / "gpu_bench.png", gpu)
     except Exception as err:

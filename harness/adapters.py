@@ -95,19 +95,22 @@ class AdapterSpec:
             params["task_type"] = task_type
         return config_class(self.method)(**params)
 
+    def _monarch_shapes(self, layers: list[tuple[int, int]]):
+        params = self.params
+        return [monarch_shape(i, o, params.get("blk_r", 4), params.get("nblocks"), params.get("blk_sz")) for i, o in layers]
+
     def closed_form_params(self, layers: list[tuple[int, int]]) -> int | None:
         """Trainable parameters on linear layers of these (in, out) sizes; None where no closed form is known."""
         if self.method == "more":
-            return sum(
-                monarch_shape(i, o, self.params.get("blk_r", 4), self.params.get("nblocks"), self.params.get("blk_sz")).trainable_params
-                for i, o in layers
-            )
+            return sum(shape.trainable_params for shape in self._monarch_shapes(layers))
         if self.method == "lora":
             return sum(lora_params(i, o, self.params["r"]) for i, o in layers)
         return None
 
     def closed_form_forward_flops(self, layers: list[tuple[int, int]], tokens: int) -> int | None:
         """Forward FLOPs of the adapter's own products (a multiply-add counts 2)."""
-        params = self.closed_form_params(layers)
+        if self.method == "more":
+            return sum(shape.forward_flops(tokens) for shape in self._monarch_shapes(layers))
+        params = self.closed_form_params(layers)  # LoRA: two products, one multiply-add per parameter and token
         return None if params is None else 2 * tokens * params
 

@@ -51,7 +51,24 @@ class MonarchShape:
 
     def forward_flops(self, tokens: int) -> int:
         """FLOPs of the adapter's forward pass (a multiply-add counts 2), including padding."""
-        return 2 * tokens * self.trainable_params
+        return monarch_flops(tokens, self.nblocks, self.blk_r, self.in_blksz, self.out_blksz)
+
+
+def monarch_flops(tokens: int, nblocks: int, blk_r: int, in_blksz: int, out_blksz: int,
+                  first: int = 1, second: int = 1) -> int:
+    """FLOPs (a multiply-add counts 2) of `first` products shaped like the first factor (k*r*p multiply-adds
+    per token) and `second` shaped like the second (k*r*s). The forward is one of each; the backward one
+    second-factor product per gradient among dw2 and dh, one first-factor product per dx and dw1.
+
+    This counts the Monarch product's own work whichever way it is executed: a path that multiplies
+    explicit zeros (the expanded second factor) shows that in time, not in FLOPs.
+    """
+    return 2 * tokens * nblocks * blk_r * (first * in_blksz + second * out_blksz)
+
+
+def token_count(shape) -> int:
+    """Tokens in a (..., features) shape: the product of its leading dimensions."""
+    return math.prod(shape[:-1])
 
 
 def resolve_nblocks(in_features: int, nblocks: int | None, blk_sz: int | None) -> int:

@@ -17,6 +17,8 @@ from fvcore.nn.jit_handles import get_shape
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from more.shapes import monarch_flops, token_count
+
 from .params import adapted_modules, strip_peft_prefix
 from .records import Measurement
 
@@ -49,18 +51,10 @@ class TraceableModel(nn.Module):
         return model_output(self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs))
 
 
-def _tokens(shape) -> int:
-    n = 1
-    for d in shape[:-1]:
-        n *= d
-    return n
-
-
 def _monarch_macs(inputs, outputs) -> int:
     """fvcore handle for more::monarch: multiply-adds of both block-diagonal products."""
     x, w1, w2 = (get_shape(v) for v in inputs[:3])
-    k, r, p = w1
-    return _tokens(x) * k * r * (p + w2[1])
+    return monarch_flops(token_count(x), *w1, w2[1]) // 2
 
 
 def fvcore_module_name(name: str) -> str:

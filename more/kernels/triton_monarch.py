@@ -28,24 +28,20 @@ tl.dot needs each dimension >= 16: r is padded inside the kernels to BLOCK_R >= 
 zeros), so are the tile widths. Accumulation is fp32 for every input dtype; outputs, h and dh are stored in
 the input dtype, as the bmm path does.
 
-Dispatch (`more.ops`, kernel="auto"): on CUDA, the first call of each (direction, shape, dtype, power-of-two
-token bucket, gradients asked) times the Triton kernel at each of TUNING_CANDIDATES and the bmm path, on the
-call's own tensors, checks that the two agree, and keeps the faster for every later call (`dispatch_table()`).
-kernel="triton" uses the best tiling found the same way; the CPU interpreter uses `plan_tiles` defaults.
+Which calls run these kernels, and at which of `candidate_tiles`, is decided by `more.dispatch`; this module
+only launches them. The weight-gradient products come from `more.bmm`.
 """
 from __future__ import annotations
 
 import contextlib
-import math
-import statistics
-import time
-import warnings
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ..bmm import bmm_backward, first_factor_weight_grad
 
 # Upper bound on the elements of each register tile; it sets the group and tile sizes below.
 TILE_ELEMENTS = 8192
@@ -194,8 +190,18 @@ def plan_tiles(nblocks: int, blk_r: int, in_blksz: int, out_blksz: int, block_ro
     return Tiles(block_rows, block_r, max(16, block_in), max(16, block_out), group, num_warps)
 
 
-# (block_rows, num_warps) tried on first use of a shape on CUDA; the fastest is kept.
-TUNING_CANDIDATES = ((16, 4), (32, 4), (64, 8))
+# (block_rows, num_warps) that more.dispatch tries on first use of a shape on CUDA; it keeps the fastest
+# that passes its check. The first is the default where nothing is measured.
+TUNING_CANDIDATES = ((32, 4), (16, 4), (64, 8))
+
+
+def candidate_tiles(nblocks: int, blk_r: int, in_blksz: int, out_blksz: int) -> list[Tiles]:
+    """Every tiling the dispatcher may choose for these sizes."""
+    return [plan_tiles(nblocks, blk_r, in_blksz, out_blksz, rows, warps) for rows, warps in TUNING_CANDIDATES]
+
+
+def default_tiles(nblocks: int, blk_r: int, in_blksz: int, out_blksz: int) -> Tiles:
+    return candidate_tiles(nblocks, blk_r, in_blksz, out_blksz)[0]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -207,13 +213,18 @@ def _interpreting() -> bool:
     return not isinstance(_monarch_forward_kernel, triton.runtime.JITFunction)
 
 
-def _check_inputs(x: Tensor, w1: Tensor, w2: Tensor) -> None:
+def check_device(x: Tensor) -> None:
+    """The kernels run on CUDA tensors, or anywhere under Triton's interpreter."""
     if not (x.is_cuda or _interpreting()):
         raise RuntimeError(
             "The MoRe Triton kernel needs CUDA tensors (got a tensor on "
             f"{x.device}); use kernel='bmm' or 'auto' elsewhere, or set TRITON_INTERPRET=1 before triton "
             "is imported to run it on the CPU through Triton's interpreter (slow, for tests)."
         )
+
+
+def _check_inputs(x: Tensor, w1: Tensor, w2: Tensor) -> None:
+    check_device(x)
     if not (x.dtype == w1.dtype == w2.dtype):
         raise TypeError(f"x, w1 and w2 must share a dtype, got {x.dtype}, {w1.dtype}, {w2.dtype}")
 
@@ -231,18 +242,18 @@ def _on_device_of(x: Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def _dims(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[int, int, int, int, int, int]:
+def _launch_sizes(x: Tensor, w1: Tensor, w2: Tensor) -> tuple[int, int, int, int, int, int]:
+    """(rows, in_features, k, r, p, s): the kernels' integer arguments."""
     k, r, p = w1.shape
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     return rows, x.shape[-1], k, r, p, w2.shape[1]
 
 
 def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int,
-                    tiles: Tiles | None = None) -> tuple[Tensor, Tensor]:
-    """(y, h) as the custom op `more::monarch` returns them, from one kernel launch."""
+                    tiles: Tiles) -> tuple[Tensor, Tensor]:
+    """(y, h) as the custom op `more::monarch` returns them, from one kernel launch at `tiles`."""
     _check_inputs(x, w1, w2)
-    rows, in_features, k, r, p, s = _dims(x, w1, w2)
-    tiles = tiles or tiles_for("forward", x, w1, w2, out_features)
+    rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
     x2 = x.reshape(rows, in_features).contiguous()
     # h is always stored: the backward needs it (dw2), and the second factor reads it back permuted.
     h = torch.empty(rows, k * r, dtype=x.dtype, device=x.device)
@@ -259,16 +270,13 @@ def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int,
 
 def monarch_backward(
     dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, need_dx: bool, need_dw1: bool, need_dw2: bool,
-    tiles: Tiles | None = None,
+    tiles: Tiles,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(dx, dw1, dw2) with None for a gradient not asked for, which is never computed."""
-    from .. import ops  # the weight gradients reuse the bmm path's products
-
     _check_inputs(x, w1, w2)
-    rows, in_features, k, r, p, s = _dims(x, w1, w2)
+    rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
     dx = dw1 = dw2 = None
     if need_dx or need_dw1:
-        tiles = tiles or tiles_for("backward", x, w1, w2, dy.shape[-1], (need_dx, need_dw1, need_dw2))
         dy2 = dy.reshape(rows, dy.shape[-1]).contiguous()
         dh = torch.empty(rows, k * r, dtype=x.dtype, device=x.device)
         dx2 = torch.empty(rows, in_features, dtype=x.dtype, device=x.device) if need_dx else dh  # dh: an unused pointer
@@ -282,158 +290,10 @@ def monarch_backward(
         if need_dx:
             dx = dx2.view(x.shape)
         if need_dw1:
-            # dw1[j] = dh_j^T @ x_j over all tokens: strided (k, B, r) and (k, B, p) views, no copies
-            # unless x needs padding to k*p features.
-            dh_blocks = dh.view(rows, k, r).transpose(0, 1)
-            x_blocks = ops._pad_last(x.reshape(rows, in_features), k * p).view(rows, k, p).transpose(0, 1)
-            dw1 = torch.bmm(dh_blocks.transpose(1, 2), x_blocks)
+            dw1 = first_factor_weight_grad(dh, x, k, p)
     if need_dw2:
-        dw2 = ops._monarch_backward(dy, x, w1, w2, h, False, False, True)[2]
+        dw2 = bmm_backward(dy, x, w1, w2, h, False, False, True)[2]
     return dx, dw1, dw2
-
-
-# ---------------------------------------------------------------------------------------------------
-# Dispatch: measured on first use of a shape on CUDA
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What the first measurement of one shape found: the best tiles, and both paths' times (ms)."""
-
-    tiles: Tiles
-    triton_ms: float
-    bmm_ms: float
-    agrees: bool  # the Triton result matched the bmm path's
-
-    @property
-    def triton_is_faster(self) -> bool:
-        return self.agrees and self.triton_ms < self.bmm_ms
-
-
-_CHOICES: dict[tuple, Choice] = {}
-MEASURE_REPEATS = 5
-
-
-def _key(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple) -> tuple:
-    rows, in_features, k, r, p, s = _dims(x, w1, w2)
-    # Token counts vary from batch to batch; one entry per power of two.
-    return (direction, str(x.device), x.dtype, in_features, out_features, k, r, _pow2(max(rows, 1)), needs)
-
-
-def _may_measure(x: Tensor) -> bool:
-    return x.is_cuda and not torch.cuda.is_current_stream_capturing()
-
-
-def tiles_for(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple = ()) -> Tiles:
-    """Tuned tiles on CUDA (measured once per shape), the default plan elsewhere."""
-    choice = _CHOICES.get(_key(direction, x, w1, w2, out_features, needs))
-    if choice is None and _may_measure(x):
-        choice = measure(direction, x, w1, w2, out_features, needs)
-    if choice is not None:
-        return choice.tiles
-    _, _, k, r, p, s = _dims(x, w1, w2)
-    return plan_tiles(k, r, p, s)
-
-
-def triton_is_faster(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple = (),
-                     extra: tuple = ()) -> bool:
-    """The dispatch rule behind kernel='auto' on CUDA: the path that measured faster on this shape.
-
-    `extra` carries the backward's (dy, h); a shape is measured once, on the call's own tensors.
-    """
-    key = _key(direction, x, w1, w2, out_features, needs)
-    if key not in _CHOICES:
-        if not _may_measure(x):
-            return False  # e.g. inside CUDA-graph capture: keep the bmm path
-        measure(direction, x, w1, w2, out_features, needs, extra)
-    return _CHOICES[key].triton_is_faster
-
-
-def _median_ms(fn, device: torch.device, repeats: int = MEASURE_REPEATS) -> float:
-    fn()  # warm-up, compiles on first call
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _close(got, want, dtype: torch.dtype) -> bool:
-    tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
-    for a, b in zip(got, want):
-        if (a is None) != (b is None):
-            return False
-        if a is not None and (a.float() - b.float()).abs().max() > tol * (b.float().abs().max() + 1e-6):
-            return False
-    return True
-
-
-def measure(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple = (),
-            extra: tuple = (), candidates=TUNING_CANDIDATES) -> Choice:
-    """Time the Triton kernel at each candidate tiling and the bmm path on this shape; keep the result.
-
-    The backward is timed on random dy and h of the right shapes when `extra` does not supply them.
-    """
-    from .. import ops
-
-    _, _, k, r, p, s = _dims(x, w1, w2)
-    with torch.no_grad():
-        if direction == "forward":
-            def run_triton(tiles):
-                return monarch_forward(x, w1, w2, out_features, tiles)
-
-            def run_bmm():
-                return ops._monarch_forward(x, w1, w2, out_features)
-        else:
-            dy, h = extra or (torch.randn(*x.shape[:-1], out_features, dtype=x.dtype, device=x.device),
-                              torch.randn(x.numel() // x.shape[-1], k * r, dtype=x.dtype, device=x.device))
-
-            def run_triton(tiles):
-                return monarch_backward(dy, x, w1, w2, h, *needs, tiles=tiles)
-
-            def run_bmm():
-                return ops._monarch_backward(dy, x, w1, w2, h, *needs)
-
-        timings = {}
-        for block_rows, num_warps in candidates:
-            tiles = plan_tiles(k, r, p, s, block_rows, num_warps)
-            try:
-                timings[tiles] = _median_ms(lambda: run_triton(tiles), x.device)
-            except Exception as err:  # e.g. a tiling the device cannot hold; the others still count
-                warnings.warn(f"MoRe Triton kernel: tiles {tiles} failed on this shape ({err!r}); skipped.")
-        bmm_ms = _median_ms(run_bmm, x.device)
-        if timings:
-            best = min(timings, key=timings.get)
-            agrees = _close(run_triton(best), run_bmm(), x.dtype)
-            if not agrees:
-                where = _key(direction, x, w1, w2, out_features, needs)
-                warnings.warn(f"MoRe Triton kernel disagrees with the bmm path on {where}; kernel='auto' keeps bmm "
-                              "for this shape. Please report it.")
-            choice = Choice(best, timings[best], bmm_ms, agrees)
-        else:
-            choice = Choice(plan_tiles(k, r, p, s), math.inf, bmm_ms, False)
-    _CHOICES[_key(direction, x, w1, w2, out_features, needs)] = choice
-    return choice
-
-
-def dispatch_table() -> list[dict]:
-    """The measured choices so far, one row per (direction, shape), for logs and benchmarks."""
-    rows = []
-    for (direction, device, dtype, in_f, out_f, k, r, tokens, needs), choice in _CHOICES.items():
-        rows.append(dict(direction=direction, device=device, dtype=str(dtype).removeprefix("torch."), in_features=in_f,
-                         out_features=out_f, nblocks=k, blk_r=r, tokens_bucket=tokens, needs=needs,
-                         triton_ms=choice.triton_ms, bmm_ms=choice.bmm_ms, agrees=choice.agrees,
-                         uses_triton=choice.triton_is_faster, tiles=choice.tiles))
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------------

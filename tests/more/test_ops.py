@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import more.bmm as bmm
 import more.ops as ops
 from more import monarch_dense, monarch_multiply, monarch_reference, monarch_shape
+from more.reference import reference_outputs
 
 # (in, out, nblocks, blk_r): square, rectangular both ways, non-divisible (padding), nblocks 1..16
 SHAPES = [
@@ -25,7 +27,7 @@ LEADING = [(), (6,), (2, 3), (2, 1, 3)]
 @pytest.fixture(params=["expanded", "blocks"])
 def strategy(request, monkeypatch):
     """Run each test on both ways of applying the second factor."""
-    monkeypatch.setattr(ops, "EXPANDED_MAX_KR", 10**9 if request.param == "expanded" else 0)
+    monkeypatch.setattr(bmm, "EXPANDED_MAX_KR", 10**9 if request.param == "expanded" else 0)
     return request.param
 
 
@@ -171,3 +173,21 @@ def test_mismatched_factors_are_rejected():
         monarch_multiply(torch.randn(2, 16), torch.randn(4, 2, 4), torch.randn(2, 4, 2), 8)
     with pytest.raises(ValueError, match="covers only 12"):
         monarch_multiply(torch.randn(2, 16), torch.randn(4, 2, 3), torch.randn(4, 4, 2), 8)
+
+
+@pytest.mark.parametrize("dims", [(64, 64, 4, 4), (50, 70, 4, 3), (91, 36, 16, 3), (80, 48, 2, 5)])
+def test_plain_reference_gradients_match_autograd(dims):
+    """The float64 gradients the kernel checks compare against, written out without autograd."""
+    in_features, out_features, nblocks, blk_r = dims
+    w1, w2 = factors(*dims, dtype=torch.float64)
+    x = torch.randn(2, 3, in_features, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(2, 3, out_features, dtype=torch.float64)
+    want = grads(monarch_reference, x, w1, w2, out_features, dy)
+    (y,) = reference_outputs("forward", x, w1, w2, out_features)
+    torch.testing.assert_close(y, want[0])
+    for needs in [(True, True, True), (False, True, False), (True, False, True)]:
+        got = reference_outputs("backward", x, w1, w2, out_features, needs, dy)
+        for g, need, w in zip(got, needs, want[1:]):
+            assert (g is None) == (not need)
+            if need:
+                torch.testing.assert_close(g, w)
