@@ -35,7 +35,7 @@ def adapted(path, in_features, out_features):
         config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=["proj"])
     else:
         kernel = "auto" if path == "more-fast" else "reference"
-        config = more.MoReConfig(nblocks=NBLOCKS, blk_r=BLK_R, target_modules=["proj"], init="random", kernel=kernel)
+        config = more.MoReConfig(nblocks=NBLOCKS, blk_r=BLK_R, target_modules=["proj"], init_weights=False, kernel=kernel)
     model = peft.get_peft_model(OneLayer(in_features, out_features), config)
     return model.base_model.model.proj
 

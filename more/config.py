@@ -5,11 +5,15 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
 from peft.config import PeftConfig
+from peft.utils import PeftType
 
-# PEFT's PeftType enum is closed in peft 0.21; a plain string key works in its mapping tables.
+from .shapes import resolve_nblocks
+
+# The name of MoRe in PEFT's PeftType enum; `more.registration` adds the member when `more` is imported.
 MORE_PEFT_TYPE = "MORE"
 
-INIT_CHOICES = ("paper", "random")
+# PEFT's bias options: train no bias, every bias of the model, or the biases of MoRe-adapted layers only.
+BIAS_CHOICES = ("none", "all", "more_only")
 KERNEL_CHOICES = ("auto", "bmm", "triton", "reference")
 
 # The paper adapts the attention's query, key and value projections.
@@ -64,11 +68,12 @@ class MoReConfig(PeftConfig):
         default=None, metadata={"help": "Extra modules to train and save in full, e.g. a new classifier head."}
     )
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the adapter's input."})
-    init: Literal["paper", "random"] = field(
-        default="paper",
+    init_weights: bool = field(
+        default=True,
         metadata={
-            "help": "'paper': w1 Kaiming-uniform per block, w2 zero (the adapter starts at delta = 0); "
-            "'random': both factors Kaiming-uniform (a non-zero start, for tests and projections)."
+            "help": "True: the paper's init, w1 Kaiming-uniform per block (bound 1/sqrt(block width)) and w2 zero, "
+            "so the adapter starts at delta = 0. False: both factors Kaiming-uniform per block, a non-zero start "
+            "(for tests and projections)."
         },
     )
     kernel: Literal["auto", "bmm", "triton", "reference"] = field(
@@ -78,28 +83,31 @@ class MoReConfig(PeftConfig):
                   "(the fused Triton kernel; CUDA, needs triton), 'reference' (dense block_diag and permutation "
                   "matrices; slow, for checking)."},
     )
-    bias: str = field(default="none", metadata={"help": "MoRe trains no biases; only 'none' is supported."})
+    bias: Literal["none", "all", "more_only"] = field(
+        default="none",
+        metadata={"help": "Biases to train beside the adapter (they are saved with it): 'none', 'all' (every "
+                  "bias of the model) or 'more_only' (the biases of the MoRe-adapted layers)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
-        self.peft_type = MORE_PEFT_TYPE
-        if (self.nblocks is None) == (self.blk_sz is None):
-            raise ValueError(
-                f"MoReConfig needs exactly one of nblocks or blk_sz, got nblocks={self.nblocks}, "
-                f"blk_sz={self.blk_sz}. Give nblocks (the paper uses 4) or blk_sz, not both."
-            )
+        self.peft_type = PeftType(MORE_PEFT_TYPE)
         for name in ("nblocks", "blk_sz", "blk_r"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"MoReConfig: {name} must be an integer >= 1, got {name}={value!r}.")
+        resolve_nblocks(0, self.nblocks, self.blk_sz)  # exactly one of the two; the layer size comes later
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"MoReConfig: dropout must be in [0, 1), got dropout={self.dropout}.")
-        if self.init not in INIT_CHOICES:
-            raise ValueError(f"MoReConfig: init must be one of {INIT_CHOICES}, got init={self.init!r}.")
+        if not isinstance(self.init_weights, bool):
+            raise ValueError(
+                f"MoReConfig: init_weights must be True (the paper's init, delta = 0 at start) or False (random "
+                f"factors), got init_weights={self.init_weights!r}."
+            )
         if self.kernel not in KERNEL_CHOICES:
             raise ValueError(f"MoReConfig: kernel must be one of {KERNEL_CHOICES}, got kernel={self.kernel!r}.")
-        if self.bias != "none":
-            raise ValueError(f"MoReConfig: bias must be 'none' (MoRe trains no biases), got bias={self.bias!r}.")
+        if self.bias not in BIAS_CHOICES:
+            raise ValueError(f"MoReConfig: bias must be one of {BIAS_CHOICES}, got bias={self.bias!r}.")
         for name in ("target_modules", "exclude_modules"):
             value = getattr(self, name)
             if isinstance(value, list):

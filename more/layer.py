@@ -68,15 +68,16 @@ class MoReLayer(BaseTunerLayer):
         self.more_blkdiag2[adapter_name] = nn.Parameter(torch.empty(shape.w2_shape, device=device))
         self.more_dropout[adapter_name] = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.more_kernel[adapter_name] = config.kernel
-        self.reset_more_parameters(adapter_name, config.init)
+        self.reset_more_parameters(adapter_name, config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
-    def reset_more_parameters(self, adapter_name: str, init: str) -> None:
+    def reset_more_parameters(self, adapter_name: str, init_weights: bool = True) -> None:
+        """init_weights=True: the paper's init (w2 zero, so delta = 0); False: both factors random."""
         kaiming_uniform_per_block(self.more_blkdiag1[adapter_name])
         w2 = self.more_blkdiag2[adapter_name]
-        if init == "paper":
-            nn.init.zeros_(w2)  # the adapter starts at delta = 0
+        if init_weights:
+            nn.init.zeros_(w2)
         else:
             kaiming_uniform_per_block(w2)
 

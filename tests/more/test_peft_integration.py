@@ -1,5 +1,6 @@
 """MoRe through PEFT's public API, on the real all-MiniLM-L6-v2 and on paper-scale meta-device configs."""
 import re
+import warnings
 
 import peft
 import pytest
@@ -31,13 +32,34 @@ def adapted_layers(model):
     return [(n, m) for n, m in model.named_modules() if isinstance(m, MoReLinear)]
 
 
-def test_registered_in_peft_tables():
-    """Catches a PEFT upgrade that changes the tables MoRe registers in."""
-    assert mapping.PEFT_TYPE_TO_CONFIG_MAPPING[more.MORE_PEFT_TYPE] is MoReConfig
-    assert mapping.PEFT_TYPE_TO_TUNER_MAPPING[more.MORE_PEFT_TYPE] is MoReModel
-    assert mapping.PEFT_TYPE_TO_PREFIX_MAPPING[more.MORE_PEFT_TYPE] == "more_"
+def test_registered_in_peft_enum_and_tables():
+    """Catches a PEFT upgrade that changes the enum or the tables MoRe registers in."""
+    member = peft.PeftType.MORE
+    assert member is peft.PeftType("MORE") is peft.PeftType["MORE"] and member in list(peft.PeftType)
+    assert mapping.PEFT_TYPE_TO_CONFIG_MAPPING[member] is MoReConfig
+    assert mapping.PEFT_TYPE_TO_TUNER_MAPPING[member] is MoReModel
+    assert mapping.PEFT_TYPE_TO_PREFIX_MAPPING[member] == "more_"
     more.register()  # idempotent
-    assert MoReConfig(nblocks=4).peft_type == "MORE"
+    config = MoReConfig(nblocks=4)
+    assert config.peft_type is member and config.peft_type.value.lower() + "_" == MoReModel.prefix
+
+
+@pytest.mark.parametrize("bias", ["none", "more_only", "all"])
+def test_bias_options_train_and_save_the_right_biases(minilm_dir, bias, tmp_path):
+    model = peft.get_peft_model(AutoModel.from_pretrained(minilm_dir),
+                                MoReConfig(nblocks=4, target_modules=["query", "value"], bias=bias))
+    all_biases = [n for n, _ in model.named_parameters() if n.endswith(".bias")]
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and n.endswith(".bias")]
+    expected = {"none": [], "more_only": [n for n in all_biases if ".base_layer." in n], "all": all_biases}[bias]
+    assert trained == expected and len(expected) == {"none": 0, "more_only": 12, "all": len(all_biases)}[bias]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with model.disable_adapter():  # trained biases stay on: PEFT warns, for MoRe as for LoRA
+            pass
+    assert any("disabling adapter layers with bias" in str(w.message) for w in caught) == (bias != "none")
+    model.save_pretrained(tmp_path)
+    loaded = peft.PeftModel.from_pretrained(AutoModel.from_pretrained(minilm_dir), tmp_path)
+    assert len([k for k in peft.get_peft_model_state_dict(loaded) if k.endswith(".bias")]) == len(expected)
 
 
 def test_default_targets_and_trainable_count_on_minilm(minilm, capsys):
@@ -64,7 +86,7 @@ def test_starts_as_the_base_model(minilm_dir, tokens):
 
 
 def test_save_and_load_reproduce_outputs_bit_for_bit(minilm, minilm_dir, tokens, tmp_path):
-    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=2, init="random")).eval()
+    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=2, init_weights=False)).eval()
     expected = hidden(model, tokens)
     model.save_pretrained(tmp_path)
     config = peft.PeftConfig.from_pretrained(tmp_path)
@@ -82,7 +104,7 @@ def test_save_and_load_reproduce_outputs_bit_for_bit(minilm, minilm_dir, tokens,
 
 def test_merge_unmerge_unload_and_disable(minilm, minilm_dir, tokens):
     base = hidden(AutoModel.from_pretrained(minilm_dir).eval(), tokens)
-    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=4, init="random")).eval()
+    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=4, init_weights=False)).eval()
     adapted = hidden(model, tokens)
     assert not torch.allclose(adapted, base, atol=1e-3)
     model.merge_adapter()
@@ -97,7 +119,7 @@ def test_merge_unmerge_unload_and_disable(minilm, minilm_dir, tokens):
 
 
 def test_delta_weight_is_what_merging_adds(minilm):
-    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=3, init="random"))
+    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=3, init_weights=False))
     _, layer = adapted_layers(model)[0]
     x = torch.randn(5, 384)
     with torch.no_grad():
@@ -109,9 +131,9 @@ def test_delta_weight_is_what_merging_adds(minilm):
 
 
 def test_several_adapters_with_set_adapter(minilm, tokens):
-    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=4, init="random")).eval()
+    model = peft.get_peft_model(minilm, MoReConfig(nblocks=4, blk_r=4, init_weights=False)).eval()
     first = hidden(model, tokens)
-    model.add_adapter("blocks2", MoReConfig(nblocks=2, blk_r=2, init="random"))
+    model.add_adapter("blocks2", MoReConfig(nblocks=2, blk_r=2, init_weights=False))
     assert torch.equal(hidden(model, tokens), first)  # the new adapter is not active yet
     model.set_adapter("blocks2")
     second = hidden(model, tokens)
@@ -124,7 +146,7 @@ def test_several_adapters_with_set_adapter(minilm, tokens):
 
 def test_one_block_equals_lora_with_the_same_factors(minilm_dir, tokens):
     more_model = peft.get_peft_model(
-        AutoModel.from_pretrained(minilm_dir).eval(), MoReConfig(nblocks=1, blk_r=4, init="random")
+        AutoModel.from_pretrained(minilm_dir).eval(), MoReConfig(nblocks=1, blk_r=4, init_weights=False)
     )
     lora_model = peft.get_peft_model(
         AutoModel.from_pretrained(minilm_dir).eval(),
@@ -147,7 +169,7 @@ def test_reference_kernel_gives_the_same_model(minilm_dir, tokens):
     for kernel in ("auto", "reference"):
         torch.manual_seed(1)
         model = peft.get_peft_model(
-            AutoModel.from_pretrained(minilm_dir).eval(), MoReConfig(nblocks=4, init="random", kernel=kernel)
+            AutoModel.from_pretrained(minilm_dir).eval(), MoReConfig(nblocks=4, init_weights=False, kernel=kernel)
         )
         outputs.append(hidden(model, tokens))
     torch.testing.assert_close(*outputs, rtol=1e-4, atol=1e-4)
@@ -175,7 +197,7 @@ def test_target_selection_options(minilm_dir):
 def test_gpt2_conv1d_layers(tokens):
     """GPT-2 stores its projections as transformers Conv1D, (in, out): merging must transpose."""
     config = GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=21000, n_positions=32)
-    model = peft.get_peft_model(GPT2Model(config).eval(), MoReConfig(nblocks=4, blk_r=2, init="random")).eval()
+    model = peft.get_peft_model(GPT2Model(config).eval(), MoReConfig(nblocks=4, blk_r=2, init_weights=False)).eval()
     layers = adapted_layers(model)
     assert [n.rsplit(".", 1)[-1] for n, _ in layers] == ["c_attn", "c_attn"]
     assert layers[0][1].more_blkdiag2["default"].shape == (4, 48, 2)  # out = 3 * 64
@@ -213,7 +235,8 @@ def test_bad_targets_get_clear_errors(minilm_dir):
     (dict(), "exactly one of nblocks or blk_sz"),
     (dict(nblocks=4, blk_sz=64), "exactly one of nblocks or blk_sz"),
     (dict(nblocks=4, blk_r=0), "blk_r must be an integer >= 1, got blk_r=0"),
-    (dict(nblocks=4, init="lora"), "init must be one of"),
+    (dict(nblocks=4, init_weights="lora"), "init_weights must be True"),
+    (dict(nblocks=4, bias="lora_only"), "bias must be one of"),
     (dict(nblocks=4, kernel="cuda"), "kernel must be one of"),
 ])
 def test_bad_config_values(kwargs, match):

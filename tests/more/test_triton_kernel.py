@@ -193,7 +193,7 @@ def test_config_kernel_triton_trains_like_bmm():
     def adapted(kernel):
         torch.manual_seed(0)
         base = torch.nn.Sequential(torch.nn.Linear(40, 56))
-        config = more.MoReConfig(nblocks=4, blk_r=4, target_modules=["0"], init="random", kernel=kernel)
+        config = more.MoReConfig(nblocks=4, blk_r=4, target_modules=["0"], init_weights=False, kernel=kernel)
         return peft.get_peft_model(base, config)
 
     x = torch.randn(3, 6, 40)
