@@ -19,10 +19,13 @@ def run_trial(config: TrialConfig) -> TrialResult:
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    run = {"measure": measure, "train": fine_tune, "interleaved": interleaved_timing}[config.kind]
-    rows, info = run(config)
+    if config.kind == "train":
+        rows, info, examples = fine_tune(config)
+    else:
+        rows, info = {"measure": measure, "interleaved": interleaved_timing}[config.kind](config)
+        examples = []
     device = info.pop("device")
-    return TrialResult("ok", rows, env=env.fingerprint(), device=device, info=info)
+    return TrialResult("ok", rows, env=env.fingerprint(), device=device, info=info, examples=examples)
 
 
 def measure(config: TrialConfig) -> tuple[list[dict], dict]:

@@ -13,6 +13,7 @@ hold neither a duplicated nor a lost row.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -26,15 +27,19 @@ from .trial import TrialConfig, TrialResult
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
-LEADING_TRIAL_COLUMNS = ["trial_id", "study", "status", "model", "task", "adapter", "label"]
+EXAMPLE_COLUMNS = ["split", "example_id", "label", "prediction", "correct", "loss"]
+LEADING_TRIAL_COLUMNS = ["trial_id", "study", "status", "model", "task", "arm", "adapter", "label"]
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str, compress: bool = False) -> None:
+    """Writes to a temporary name, then renames: a reader sees the old file or the new one, never half of one.
+    `compress`: gzip with no timestamp, so the same text gives the same bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = gzip.compress(text.encode(), mtime=0) if compress else text.encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,6 +60,7 @@ class Store:
         self.study = study
         self.root = Path(results_dir or RESULTS_DIR) / study
         self.records_dir = self.root / "records"
+        self.examples_dir = self.root / "examples"
 
     # -- reading --
     def records(self) -> dict[str, dict]:
@@ -71,8 +77,22 @@ class Store:
     def status(self) -> dict[str, str]:
         return {trial_id: r["status"] for trial_id, r in self.records().items()}
 
+    def examples(self, trial_id: str) -> pd.DataFrame:
+        """One trial's per-example outputs: split, example_id, label, prediction, correct, loss."""
+        path = self.examples_dir / f"{trial_id}.csv.gz"
+        if not path.exists():
+            raise FileNotFoundError(f"No per-example outputs for trial {trial_id} under {self.examples_dir}: only "
+                                    "training trials write them.")
+        return pd.read_csv(path, dtype={"example_id": str})
+
     # -- writing (driver only) --
     def write(self, record: dict) -> None:
+        """Keeps a trial's record; its per-example outputs, if any, go to examples/<trial_id>.csv.gz."""
+        examples = record.pop("examples", None)
+        if examples:
+            frame = pd.DataFrame(examples, columns=EXAMPLE_COLUMNS)
+            write_atomically(self.examples_dir / f"{record['trial_id']}.csv.gz", frame.to_csv(index=False),
+                             compress=True)
         write_atomically(self.records_dir / f"{record['trial_id']}.json", json.dumps(record, indent=1, default=str))
         self.rebuild_tables()
 
@@ -93,7 +113,8 @@ class Store:
 def trial_row(record: dict) -> dict:
     config = dict(record["config"])
     params = config.pop("adapter_params", None) or {}
-    row = {"trial_id": record["trial_id"], "study": record["study"], "status": record["status"]}
+    row = {"trial_id": record["trial_id"], "study": record["study"], "status": record["status"],
+           "arm": TrialConfig.from_json(record["config"]).arm}
     for key, value in config.items():
         row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
     row.update(params)  # nblocks, blk_r, r, lora_alpha, ... as their own columns

@@ -183,6 +183,14 @@ class Task:
                 scores[f"{name}_se"] = M.bootstrap_se(M.METRICS[name], predictions, labels, seed=seed)
         return scores
 
+    def is_correct(self, prediction, label) -> int | None:
+        """1 or 0 for one example; None for regression, where nothing is simply right."""
+        if self.kind == "regression":
+            return None
+        if self.kind == "generation":
+            return int(M.exact_match([prediction], [label]) == 1.0)
+        return int(prediction == label)
+
     def answer_of(self, text: str) -> float | None:
         """A generation task's answer in a model's output: the last number it writes."""
         return M.extract_number(text, which="last")

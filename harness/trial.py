@@ -28,12 +28,14 @@ from .models import HEADS, POOLINGS, origin_of
 from .tasks import PROMPT_STYLES, TASKS
 
 # Part of every trial id: bump when what a config means changes, so that old results are not reused.
-TRIAL_PROTOCOL = 2
+TRIAL_PROTOCOL = 3
 KINDS = ("train", "measure", "interleaved")
 MEASUREMENTS = ("params", "flops", "memory", "time")
 DTYPES = ("fp32", "bf16", "fp16")
 ALLOWED = {"kind": KINDS, "dtype": DTYPES, "pooling": POOLINGS, "head": HEADS, "prompt_style": PROMPT_STYLES}
-AT_LEAST_ONE = ("steps", "batch", "seq_len", "eval_examples", "train_examples", "repeats", "timeout_s", "threads")
+AT_LEAST_ONE = ("steps", "batch", "seq_len", "validation_examples", "test_examples", "train_examples", "repeats",
+                "timeout_s", "threads")
+HEAD_ONLY, CALIBRATED = "head only", "calibrated"  # the two reference arms of a training study
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
@@ -59,7 +61,8 @@ class TrialConfig:
     adapters: tuple[AdapterSpec, ...] = ()  # interleaved trials: the adapters timed against the first
     label: str | None = None  # a display name for the adapter's series in tables and figures
     target_modules: tuple[str, ...] | None = None  # None: the model type's q, k, v (harness.prepare)
-    lr: float = 1e-3  # AdamW's learning rate, for training and for the measured step alike
+    lr: float = 1e-3  # AdamW's learning rate of the adapter, for training and for the measured step alike
+    head_lr: float = 1e-2  # the new head's own rate, one for every arm (harness.train)
     seed: int = 0
     measure: tuple[str, ...] = MEASUREMENTS  # which costs to report; a train trial always reports params
     profile: str | None = None  # the study profile the config came from; None for ad-hoc trials
@@ -67,9 +70,12 @@ class TrialConfig:
     steps: int = 100
     batch: int = 8
     seq_len: int = 128
-    eval_every: int = 0  # 0: evaluate before and after training only
-    eval_examples: int = 300
+    eval_every: int = 0  # validation every so many steps; 0: before and after training only
+    validation_examples: int | None = None  # None: the whole validation split
+    test_examples: int | None = None  # None: the whole test split
     train_examples: int | None = None  # None: the task's whole training split
+    max_epochs: float | None = None  # caps the steps at this many passes over the training examples
+    calibrate: bool = False  # the calibrated untouched model: no adapter, the head fitted on train (harness.calibrate)
     warmup_ratio: float = 0.1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -102,6 +108,9 @@ class TrialConfig:
                                                "`adapters`; other kinds take one `adapter`")
         if self.adapters and self.adapter is not None:
             raise TrialConfigError("adapter", "an interleaved trial takes `adapters` only; drop `adapter`")
+        if self.calibrate and (self.adapter is not None or self.kind != "train"):
+            raise TrialConfigError("calibrate", "the calibrated reference is a train trial with no adapter: drop the "
+                                                "adapter, or drop calibrate")
         if self.head is not None and self.kind != "measure":
             raise TrialConfigError("head", "a train trial's head follows its task; set head on measure trials only")
         if self.kind == "measure" and not self.measure:
@@ -139,13 +148,20 @@ class TrialConfig:
             raise TrialConfigError("adapter", str(err)) from None
         return cls(**data)
 
+    @property
+    def arm(self) -> str:
+        """What a study compares across learning rates and seeds: the adapter's label, or the reference a control is
+        (`head only`: the new head trains alone; `calibrated`: the untouched model with its head fitted)."""
+        if self.calibrate:
+            return CALIBRATED
+        return HEAD_ONLY if self.adapter is None else self.adapter.label
+
     def describe(self) -> str:
         """One line for progress logs."""
         if self.kind == "interleaved":
             return f"{self.model} interleaved step timing of {', '.join(s.label for s in self.adapters)}"
-        adapter = self.adapter.label if self.adapter else method_of(None)
         task = f" {self.task}" if self.task else ""
-        return f"{self.model}{task} {adapter} lr={self.lr} seed={self.seed}"
+        return f"{self.model}{task} {self.arm} lr={self.lr} seed={self.seed}"
 
 
 FIELD_TYPES = typing.get_type_hints(TrialConfig)
@@ -219,6 +235,7 @@ class TrialResult:
     env: dict | None = None
     device: str | None = None
     info: dict = field(default_factory=dict)
+    examples: list = field(default_factory=list)  # train trials: each evaluated example's outputs
 
     @classmethod
     def failure(cls, error_type: str, message: str, tail: str = "") -> "TrialResult":
