@@ -20,10 +20,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from .trial import TrialConfig, TrialResult
+if TYPE_CHECKING:  # reading results needs neither torch nor PEFT, which the trial contract imports
+    from .trial import TrialConfig, TrialResult
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
