@@ -131,7 +131,8 @@ def compare_study(args) -> tuple[Study, list[AdapterSpec]]:
     common = TrialConfig(kind="measure", model=args.model,
                          **given(args, "target_modules", "seq_len", "batch", "device", "threads", "repeats", "lr"))
     if args.task:
-        common = dataclasses.replace(common, kind="train", task=args.task, **given(args, "steps", "eval_examples"))
+        common = dataclasses.replace(common, kind="train", task=args.task, **given(args, "steps", "validation_examples",
+                                                                                        "test_examples"))
     trials = [dataclasses.replace(common, adapter=spec) for spec in specs]
     trials.append(dataclasses.replace(common, kind="interleaved", task=None, adapters=tuple(specs)))
     name = "compare-" + hashlib.sha256(" ".join(t.id for t in trials).encode()).hexdigest()[:8]
@@ -144,7 +145,7 @@ def compare_table(frame, study, specs, task: str | None) -> str:
     labels = [s.label for s in specs]
     metrics = ["trainable_params", "flops_forward", "peak_rss_bytes", "peak_memory_allocated_bytes", "time_step_s"]
     if task:
-        metrics += sorted(m for m in final.metric.unique() if m.startswith(("eval_", "baseline_")) and not m.endswith("_se"))
+        metrics += sorted(m for m in final.metric.unique() if m.startswith(("val_", "test_", "chance_")) and not m.endswith("_se"))
     by_adapter = {spec.label: final[final.trial_id == trial.id].set_index("metric")["value"]
                   for spec, trial in zip(specs, study.trials)}
     lines = [f"{'metric':<32}" + "".join(f"{label:>28}" for label in labels)]
@@ -229,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model", required=True)
     c.add_argument("--adapters", nargs="+", required=True, help="e.g. lora:r=8 more:nblocks=4,blk_r=4")
     c.add_argument("--task", default=None, help="also fine-tune and evaluate on this task")
-    trial_options(c, "steps", "lr", "eval_examples", "seq_len", "batch", "repeats", "device", "threads", "target_modules")
+    trial_options(c, "steps", "lr", "head_lr", "validation_examples", "test_examples", "seq_len", "batch", "repeats", "device", "threads", "target_modules")
     c.add_argument("--results-dir", default=None)
     c.set_defaults(func=cmd_compare)
 

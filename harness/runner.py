@@ -12,10 +12,9 @@ from .spec import Study
 from .store import Store, record_of
 from .trial import TrialConfig, TrialResult
 
-HEADLINE = (("trainable_params", "{:,.0f} params"), ("eval_accuracy", "acc {:.3f}"), ("eval_matthews", "mcc {:.3f}"),
-            ("eval_loss", "eval loss {:.4f}"), ("eval_loss_drop_in_se", "loss drop {:.1f} SE"),
-            ("learning_signal", "signal {:.0f}"), ("flops_forward", "{:.3g} FLOP fwd"), ("time_step_s", "{:.3f} s/step"),
-            ("peak_rss_bytes", "{:.0f} MiB RSS"))
+HEADLINE = (("trainable_params", "{:,.0f} params"), ("val_accuracy", "val acc {:.3f}"), ("test_accuracy", "test acc {:.3f}"),
+            ("test_matthews", "test mcc {:.3f}"), ("val_loss", "val loss {:.4f}"), ("test_loss", "test loss {:.4f}"),
+            ("flops_forward", "{:.3g} FLOP fwd"), ("time_step_s", "{:.3f} s/step"), ("peak_rss_bytes", "{:.0f} MiB RSS"))
 
 
 def select(trials: list[TrialConfig], only: list[str] | None) -> list[TrialConfig]:

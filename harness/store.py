@@ -53,7 +53,7 @@ def write_atomically(path: Path, text: str, compress: bool = False) -> None:
 
 def record_of(study: str, config: TrialConfig, result: TrialResult) -> dict:
     """What the store keeps of one trial."""
-    return {"trial_id": config.id, "study": study, "config": config.to_json(),
+    return {"trial_id": config.id, "study": study, "arm": config.arm, "config": config.to_json(),
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result.to_json()}
 
 
@@ -116,7 +116,7 @@ def trial_row(record: dict) -> dict:
     config = dict(record["config"])
     params = config.pop("adapter_params", None) or {}
     row = {"trial_id": record["trial_id"], "study": record["study"], "status": record["status"],
-           "arm": TrialConfig.from_json(record["config"]).arm}
+           "arm": record.get("arm")}
     for key, value in config.items():
         row[key] = json.dumps(value) if isinstance(value, (list, dict)) else value
     row.update(params)  # nblocks, blk_r, r, lora_alpha, ... as their own columns
