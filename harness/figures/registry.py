@@ -41,7 +41,7 @@ def attempt(figure, *args, **kwargs) -> list[Path]:
 # ---- when a figure applies -------------------------------------------------------------------------
 
 def trained(results: pd.DataFrame) -> bool:
-    return bool(results["metric"].astype(str).str.startswith("eval_").any())
+    return bool(results["metric"].astype(str).str.startswith("test_").any())
 
 
 def adapters_differ_in_size(results: pd.DataFrame) -> bool:

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from .. import paper as paper_tables
-from ..adapters import SETTING_SHORT_NAMES, series_name
+from ..adapters import NO_ADAPTER, SETTING_SHORT_NAMES, series_name
 from ..store import METRIC_COLUMNS, final_values
 from ..tasks import TASKS
+from ..trial import CALIBRATED, HEAD_ONLY
 
 RESULT_COLUMNS = ["trial_id", "metric", "value", "step", "model", "task", "adapter"]
 CONFIG_COLUMNS = ["model", "task", "adapter", "label", "nblocks", "blk_sz", "blk_r", "r", "lora_alpha",
@@ -150,6 +151,9 @@ def describe_spread(points: pd.DataFrame) -> str:
     return "; ".join(parts)
 
 
+REFERENCE_NAMES = {HEAD_ONLY: "control: head only", CALIBRATED: "untouched model, head calibrated"}
+
+
 # ---- the quality axis ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -166,28 +170,28 @@ class Quality:
 
 def task_metric(results: pd.DataFrame) -> str:
     """The headline metric of the study's task(s): the task registry's first metric, else by priority."""
-    available = {m[len("eval_"):] for m in results["metric"].unique() if str(m).startswith("eval_")}
+    available = {m[len("test_"):] for m in results["metric"].unique() if str(m).startswith("test_")}
     for task in results["task"].dropna().unique() if "task" in results else []:
         if task in TASKS and TASKS[task].metrics[0] in available:
             return TASKS[task].metrics[0]
     for metric in TASK_METRICS:
         if metric in available:
             return metric
-    raise NothingToDraw("no final eval_<metric> in the results: the study has no training trials")
+    raise NothingToDraw("no final test_<metric> in the results: the study has no training trials")
 
 
 def quality_axis(results: pd.DataFrame | None, quality: str = "metric", metric: str | None = None) -> Quality:
     """`quality`: "metric" (the final task metric, x 100) or "loss" (the final held-out loss)."""
     if quality == "loss":
-        return Quality("loss", "eval_loss", "eval_loss_se", "held-out loss (nats, lower is better)",
-                       "quality axis: held-out loss (lower is better)", 1.0, False, (0.0, math.inf))
+        return Quality("loss", "test_loss", "test_loss_se", "test loss (nats, lower is better)",
+                       "quality axis: test-split loss (lower is better)", 1.0, False, (0.0, math.inf))
     if quality != "metric":
         raise ValueError(f"quality must be 'metric' or 'loss', got {quality!r}")
     metric = metric or (task_metric(results) if results is not None else "matthews")
     name = METRIC_NAMES.get(metric, metric)
     lowest = -100.0 if metric in ("matthews", "pearson", "spearman") else 0.0  # correlations can be negative
-    return Quality(metric, f"eval_{metric}", f"eval_{metric}_se", f"{name} × 100",
-                   f"quality axis: final eval {name} × 100 (higher is better)", 100.0, True, (lowest, 100.0))
+    return Quality(metric, f"test_{metric}", f"test_{metric}_se", f"{name} × 100",
+                   f"quality axis: test-split {name} × 100 (higher is better)", 100.0, True, (lowest, 100.0))
 
 
 def figure_quality(figure: str, results, paper, quality: str, metric: str | None) -> Quality:
@@ -205,9 +209,10 @@ def figure_quality(figure: str, results, paper, quality: str, metric: str | None
 
 def trial_quality(results: pd.DataFrame, q: Quality, x_metric: str | None = None,
                   x_column: str | None = None) -> pd.DataFrame:
-    """Per trial: config, `y` (quality, scaled), `y_se` (its eval-set s.e.) and `x` (a metric or a column)."""
-    metrics = [q.column, q.se_column] + ([x_metric] if x_metric else [])
-    table = per_trial(ok_only(results), metrics)
+    """Per trial: config, `y` (quality, scaled), `y_se` (its test-set s.e.), `x` (a metric or a column) and the
+    validation values that choose a learning rate (`val_<metric>`, `val_loss`)."""
+    metrics = [q.column, q.se_column, f"val_{task_metric(results)}", "val_loss"] + ([x_metric] if x_metric else [])
+    table = per_trial(ok_only(results), list(dict.fromkeys(metrics)))
     table = table[table[q.column].notna()].copy()
     if table.empty:
         raise NothingToDraw(f"no final {q.column} in the results")
@@ -222,28 +227,31 @@ def trial_quality(results: pd.DataFrame, q: Quality, x_metric: str | None = None
     return table
 
 
-def keep_best_lr(table: pd.DataFrame, higher_is_better: bool) -> tuple[pd.DataFrame, int]:
-    """When a study sweeps learning rates, each configuration keeps its best (mean over seeds). Returns the
-    most learning rates any one configuration was tried with (series with one rate each count 1)."""
+def keep_best_lr(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """When a study sweeps learning rates, each configuration keeps the rate that is best on the VALIDATION split
+    (its task metric, mean over seeds; ties to the lower validation loss), whatever the plotted test values say.
+    Returns the most learning rates any one configuration was tried with (one rate each counts 1)."""
     keys = [k for k in config_keys(table) if k != "lr"]
     if "lr" not in table:
         return table, 1
     tried = int(table.groupby(keys, dropna=False)["lr"].nunique().max())
     if tried <= 1:
         return table, 1
-    means = table.groupby(keys + ["lr"], dropna=False)["y"].mean().reset_index()
-    pick = "idxmax" if higher_is_better else "idxmin"
-    best = means.loc[getattr(means.groupby(keys, dropna=False)["y"], pick)()]
+    metric = next((c for c in table.columns if str(c).startswith("val_") and c != "val_loss"), None)
+    means = table.groupby(keys + ["lr"], dropna=False)[[c for c in (metric, "val_loss") if c]].mean().reset_index()
+    order = ([metric] if metric else []) + ["val_loss"]
+    means = means.sort_values(order, ascending=[False] * (len(order) - 1) + [True])
+    best = means.groupby(keys, dropna=False).head(1)
     return table.merge(best[keys + ["lr"]], on=keys + ["lr"]), tried
 
 
 def summarise_seeds(table: pd.DataFrame, bounds=(-math.inf, math.inf)) -> pd.DataFrame:
     """One point per configuration: the mean quality and its spread [lo, hi]: a 95% CI over seeds when there
-    are several, else ±1 standard error of the eval set; clipped to the values the quality can take."""
+    are several, else ±1.96 standard errors of the test set; clipped to the values the quality can take."""
     points = []
     for _, group in table.groupby(config_keys(table), dropna=False):
         n, y = len(group), group["y"].mean()
-        half = T_975[min(n - 1, 30) - 1] * group["y"].std(ddof=1) / math.sqrt(n) if n > 1 else group["y_se"].iloc[0]
+        half = T_975[min(n - 1, 30) - 1] * group["y"].std(ddof=1) / math.sqrt(n) if n > 1 else 1.96 * group["y_se"].iloc[0]
         points.append({**group.iloc[0].to_dict(), "x": group["x"].median(), "y": y, "n": n,
                        "lo": max(y - half, bounds[0]), "hi": min(y + half, bounds[1])})
     return pd.DataFrame(points)
@@ -257,18 +265,17 @@ def error_bars(points: pd.DataFrame):
 
 
 def baselines(results: pd.DataFrame, q: Quality) -> pd.DataFrame:
-    """Horizontal references per model and task: the majority class (or chance) for a metric, the untrained
-    model (step 0), and the control trials that train no adapter (no parameters to place on a log axis)."""
+    """Horizontal references per model and task: chance (the majority class, or 1/options) for a metric, and the
+    reference arms that train no adapter (no parameters to place on a log axis): the head-only control and the
+    calibrated untouched model, each the median over its seeds."""
     ok = ok_only(results)
     references = []
     if q.metric != "loss":
-        column = f"baseline_{q.metric}"
-        references.append((per_trial(ok, [column]), column, f"untrained: {notes_of(results, column) or 'baseline'}"))
-    references.append((per_trial(ok, [q.column], step=0), q.column, "untrained model (step 0)"))
-    controls = per_trial(ok[ok["adapter"].isin(["none"])], [q.column]) if "adapter" in ok else pd.DataFrame()
-    if not controls.empty:
-        label = unique_text(controls, "label") or "no adapter"
-        references.append((controls, q.column, f"control: {label}"))
+        column = f"chance_{q.metric}"
+        references.append((per_trial(ok, [column]), column, f"chance: {notes_of(results, column) or 'chance'}"))
+    controls = ok[ok["adapter"].isin([NO_ADAPTER])] if "adapter" in ok else ok.iloc[0:0]
+    for arm, group in controls.groupby("arm") if "arm" in controls else []:
+        references.append((per_trial(group, [q.column]), q.column, REFERENCE_NAMES.get(arm, arm)))
     lines = []
     for table, column, text in references:
         table = table[table[column].notna()] if column in table else table.iloc[0:0]
@@ -285,12 +292,12 @@ def our_points(results, q: Quality, figure: str, x_metric=None, x_column=None, s
     caption lines that describe them."""
     require(results, RESULT_COLUMNS + ([x_column] if x_column else []), figure)
     table = trial_quality(results, q, x_metric=x_metric, x_column=x_column)
-    table, n_lrs = keep_best_lr(table, q.higher_is_better)
+    table, n_lrs = keep_best_lr(table)
     points = summarise_seeds(table, q.bounds)
     points["series"] = [series(row) for _, row in points.iterrows()]
     captions = [describe_ours(table), describe_spread(points)]
     if n_lrs > 1:
-        captions.append(f"each point: the best of {n_lrs} learning rates (mean over seeds)")
+        captions.append(f"each point: the best of {n_lrs} learning rates on the validation split")
     return points, baselines(results, q), captions
 
 
@@ -353,15 +360,15 @@ def commonsense_grid(paper: pd.DataFrame, results: pd.DataFrame | None = None) -
 
 def our_commonsense_rows(results: pd.DataFrame) -> pd.DataFrame:
     require(results, RESULT_COLUMNS, "commonsense_heatmap (our results)")
-    table = per_trial(ok_only(results), ["eval_accuracy"])
-    table = table[table["task"].isin(COMMONSENSE_COLUMNS) & table["eval_accuracy"].notna()].copy()
+    table = per_trial(ok_only(results), ["test_accuracy"])
+    table = table[table["task"].isin(COMMONSENSE_COLUMNS) & table["test_accuracy"].notna()].copy()
     if table.empty:
         return pd.DataFrame()
     table["column"] = table["task"].map(COMMONSENSE_COLUMNS)
     steps = table["steps"].map(lambda s: f" · {fmt(s)} steps") if "steps" in table else ""
     labels = [config_label(r) for _, r in table.iterrows()]
     table["row"] = "ours · " + table["model"].astype(str) + " · " + labels + steps
-    grid = table.pivot_table(index="row", columns="column", values="eval_accuracy", aggfunc="mean") * 100
+    grid = table.pivot_table(index="row", columns="column", values="test_accuracy", aggfunc="mean") * 100
     eight = [c for c in paper_tables.COMMONSENSE_TASKS if c != "Avg"]
     if set(eight) <= set(grid.columns):
         grid["Avg"] = grid[eight].mean(axis=1).where(grid[eight].notna().all(axis=1))

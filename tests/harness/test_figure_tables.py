@@ -35,11 +35,11 @@ def test_the_tables_need_no_matplotlib():
 
 
 def test_per_trial_takes_each_trials_final_whole_model_value(rank):
-    table = tables.per_trial(rank, ["eval_matthews", "trainable_params"])
-    assert len(table) == rank["trial_id"].nunique() == 3 * 7
+    table = tables.per_trial(rank, ["test_matthews", "trainable_params"])
+    assert len(table) == rank["trial_id"].nunique() == 3 * 8
     final = final_values(rank)
-    expected = final[final["metric"] == "eval_matthews"].set_index("trial_id")["value"]
-    assert table.set_index("trial_id")["eval_matthews"].to_dict() == expected.to_dict()
+    expected = final[final["metric"] == "test_matthews"].set_index("trial_id")["value"]
+    assert table.set_index("trial_id")["test_matthews"].to_dict() == expected.to_dict()
     # the whole model's count, not the per-module row; config columns come along, measurement columns do not
     more = table[(table["adapter"] == "more") & (table["blk_r"] == 1) & (table["nblocks"] == 4)]
     assert set(more["trainable_params"]) == {1 * 2 * 384 * 18 + 770}
@@ -47,12 +47,12 @@ def test_per_trial_takes_each_trials_final_whole_model_value(rank):
 
 
 def test_per_trial_at_a_step(rank):
-    untrained = tables.per_trial(rank, ["eval_matthews"], step=0)
-    assert len(untrained) == 3 * 6  # the controls were not evaluated before training
-    assert set(untrained["eval_matthews"]) == {0.0}
-    at_end = tables.per_trial(rank, ["eval_loss"], step=STEPS)
-    assert at_end.set_index("trial_id")["eval_loss"].equals(
-        tables.per_trial(rank, ["eval_loss"]).set_index("trial_id").loc[at_end["trial_id"], "eval_loss"])
+    untrained = tables.per_trial(rank, ["val_matthews"], step=0)
+    assert len(untrained) == 3 * 6  # the references were not evaluated before training
+    assert set(untrained["val_matthews"]) == {0.0}
+    at_end = tables.per_trial(rank, ["test_loss"], step=STEPS)
+    assert at_end.set_index("trial_id")["test_loss"].equals(
+        tables.per_trial(rank, ["test_loss"]).set_index("trial_id").loc[at_end["trial_id"], "test_loss"])
 
 
 def test_per_trial_keeps_a_value_that_was_not_measured(efficiency):
@@ -72,7 +72,7 @@ def test_names_of_series_and_configurations():
 def test_the_quality_axis_follows_the_task(rank, efficiency):
     assert tables.task_metric(rank) == "matthews"
     q = tables.quality_axis(rank)
-    assert (q.column, q.scale, q.higher_is_better, q.bounds) == ("eval_matthews", 100.0, True, (-100.0, 100.0))
+    assert (q.column, q.scale, q.higher_is_better, q.bounds) == ("test_matthews", 100.0, True, (-100.0, 100.0))
     with pytest.raises(tables.NothingToDraw, match="no training trials"):
         tables.quality_axis(efficiency)
     assert tables.figure_quality("f", None, paper.nblocks(), "metric", None).metric == "matthews"
@@ -82,14 +82,14 @@ def test_the_quality_axis_follows_the_task(rank, efficiency):
         tables.quality_axis(rank, "accuracy")
 
 
-def test_summarise_seeds_gives_a_95_percent_interval_or_the_eval_se():
+def test_summarise_seeds_gives_a_95_percent_interval_over_seeds_or_the_test_set():
     table = pd.DataFrame({"adapter": ["more"] * 3 + ["lora"], "r": [np.nan] * 3 + [8.0],
                           "x": [10.0, 10.0, 10.0, 20.0], "y": [1.0, 2.0, 3.0, 5.0], "y_se": [0.1, 0.1, 0.1, 0.5]})
     points = tables.summarise_seeds(table).set_index("adapter")
     half = 4.30 * 1.0 / math.sqrt(3)  # t(2) x sd / sqrt(n)
     assert points.loc["more", ["y", "n"]].tolist() == [2.0, 3]
     assert points.loc["more", ["lo", "hi"]].tolist() == pytest.approx([2.0 - half, 2.0 + half])
-    assert points.loc["lora", ["lo", "hi", "n"]].tolist() == [4.5, 5.5, 1]
+    assert points.loc["lora", ["lo", "hi", "n"]].tolist() == pytest.approx([5 - 0.98, 5 + 0.98, 1])
     clipped = tables.summarise_seeds(table, bounds=(0.0, 5.2)).set_index("adapter")
     assert clipped.loc["more", "lo"] == 0.0 and clipped.loc["lora", "hi"] == 5.2
     bars = tables.error_bars(clipped.loc[["more", "lora"]].reset_index())
@@ -102,26 +102,37 @@ def test_the_best_learning_rate_of_each_configuration(tmp_path):
     for quality in ("metric", "loss"):
         q = tables.quality_axis(results, quality)
         table = tables.trial_quality(results, q, x_metric="adapter_params")
-        best, tried = tables.keep_best_lr(table, q.higher_is_better)
+        best, tried = tables.keep_best_lr(table)
         assert tried == 2 and len(best) == len(table) // 2
         assert set(best["lr"]) == {1e-3}  # the synthetic trials learn more at 1e-3, on either axis
+
+
+def test_the_learning_rate_is_chosen_on_validation_never_on_test(tmp_path):
+    results = write_study(tmp_path, rank_records("lr_choice", seeds=(0,), lrs=(1e-3, 1e-4)))
+    q = tables.quality_axis(results)
+    table = tables.trial_quality(results, q, x_metric="adapter_params")
+    table.loc[table["lr"] == 1e-4, "y"] += 50  # test would prefer 1e-4 ...
+    best, _ = tables.keep_best_lr(table)
+    assert set(best["lr"]) == {1e-3}  # ... validation chooses 1e-3
+    table.loc[table["lr"] == 1e-4, "val_matthews"] += 1
+    assert set(tables.keep_best_lr(table)[0]["lr"]) == {1e-4}
     single = tables.trial_quality(write_study(tmp_path, block_records()), q, x_column="nblocks")
-    assert tables.keep_best_lr(single, True) == (single, 1)
+    assert tables.keep_best_lr(single) == (single, 1)
 
 
 def test_trial_quality_leaves_out_the_controls(rank):
     q = tables.quality_axis(rank)
     table = tables.trial_quality(rank, q, x_metric="adapter_params")
     assert "none" not in set(table["adapter"]) and len(table) == 3 * 6
-    assert table["y"].tolist() == pytest.approx((table["eval_matthews"] * 100).tolist())
+    assert table["y"].tolist() == pytest.approx((table["test_matthews"] * 100).tolist())
 
 
-def test_baselines_are_the_untrained_model_and_the_control(rank):
+def test_baselines_are_chance_and_the_two_reference_arms(rank):
     lines = tables.baselines(rank, tables.quality_axis(rank)).set_index("text")["y"]
-    assert lines.to_dict() == pytest.approx({"untrained: majority class": 0.0, "untrained model (step 0)": 0.0,
-                                             "control: head only": 5.0})
+    assert lines.to_dict() == pytest.approx({"chance: majority class of train": 0.0, "control: head only": 5.0,
+                                             "untouched model, head calibrated": 8.0})
     loss_lines = tables.baselines(rank, tables.quality_axis(rank, "loss")).set_index("text")["y"]
-    assert loss_lines.to_dict() == pytest.approx({"untrained model (step 0)": 0.69, "control: head only": 0.66})
+    assert loss_lines.to_dict() == pytest.approx({"control: head only": 0.66, "untouched model, head calibrated": 0.64})
 
 
 def test_our_points_one_per_configuration(rank):

@@ -105,8 +105,9 @@ def test_quality_vs_params_with_the_paper_on_one_axis(studies, tmp_path, drawn):
     labels = ax.get_legend_handles_labels()[1]
     assert any(label.startswith("paper · RoBERTa-large / CoLA") for label in labels)
     assert any(label.startswith("ours · minilm / cola · MoRe (square blocks)") for label in labels)
-    assert any(label.startswith("untrained: majority class") for label in labels)
+    assert any(label.startswith("chance: majority class") for label in labels)
     assert any(label.startswith("control: head only") for label in labels)
+    assert any(label.startswith("untouched model, head calibrated") for label in labels)
 
 
 def test_quality_vs_params_on_held_out_loss_keeps_the_paper_apart(studies, tmp_path, drawn):
@@ -114,9 +115,9 @@ def test_quality_vs_params_on_held_out_loss_keeps_the_paper_apart(studies, tmp_p
                                       quality="loss")
     assert_written(paths)
     ours, theirs = drawn[0].axes  # the paper's MCC never shares the loss axis
-    assert "held-out loss" in ours.get_ylabel() and "lower is better" in ours.get_ylabel()
+    assert "test loss" in ours.get_ylabel() and "lower is better" in ours.get_ylabel()
     assert "Matthews" in theirs.get_ylabel()
-    assert "quality axis: held-out loss (lower is better)" in drawn[0]._suptitle.get_text()
+    assert "quality axis: test-split loss (lower is better)" in drawn[0]._suptitle.get_text()
 
 
 def test_quality_vs_params_paper_alone(tmp_path):
@@ -166,8 +167,8 @@ def test_commonsense_heatmap_with_ours(studies, tmp_path, drawn):
 
 def test_quality_axis_says_what_it_is():
     loss = tables.quality_axis(None, "loss")
-    assert loss.axis_label == "held-out loss (nats, lower is better)"
-    assert loss.subtitle == "quality axis: held-out loss (lower is better)"
+    assert loss.axis_label == "test loss (nats, lower is better)"
+    assert loss.subtitle == "quality axis: test-split loss (lower is better)"
     assert "Matthews" in tables.quality_axis(None, "metric", "matthews").axis_label
 
 
