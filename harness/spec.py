@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from .adapters import make_adapter
+from .adapters import NO_ADAPTER, make_adapter
 from .trial import FIELD_TYPES, TrialConfig, TrialConfigError, check_model, check_task, check_value
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
@@ -32,8 +32,10 @@ STUDY_KEYS = {"name": str, "description": str, "models": list, "tasks": list, "a
 ADAPTER_KEYS = {"method": str, "axes": dict, "zip": dict, "where": list, "lr": list, "match": str, "label": str}
 # TrialConfig's fields that the study sets outside its profiles
 FROM_THE_STUDY = {"kind", "model", "task", "adapter", "adapters", "label", "target_modules", "lr", "seed", "measure",
-                  "profile"}
+                  "profile", "calibrate"}
 GRID_KEYS = {"seeds": list, "shapes": list, "jobs": int}
+# Added to every training study: the references an adapter must beat (harness.trial.HEAD_ONLY, CALIBRATED)
+REFERENCE_ARMS = [{"adapter": None}, {"adapter": None, "calibrate": True}]
 PROFILE_KEYS = [name for name in FIELD_TYPES if name not in FROM_THE_STUDY] + list(GRID_KEYS)
 
 
@@ -185,14 +187,17 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_sizes=None) -> Stu
     adapter_points = _adapter_points(path, raw["adapters"])
     study_level = {key: raw[key] for key in ("measure", "target_modules") if key in raw}
 
+    if raw.get("tasks") and any(p["method"] == NO_ADAPTER for p in adapter_points):
+        raise StudyError(path, "adapters", f"method {NO_ADAPTER!r}: every training study gets the head-only control "
+                                           "and the calibrated untouched model as references; remove this entry")
     trials = []
     for model, task, shape, seed in itertools.product(raw["models"], tasks, shapes, seeds):
-        points = _match_params(path, adapter_points, model, raw.get("target_modules"), layer_sizes)
-        for adapter, lr, label in points:
-            given = {"lr": lr, "label": label, **study_level, **budget, **shape}
+        points = [{"adapter": adapter, "lr": lr, "label": label}
+                  for adapter, lr, label in _match_params(path, adapter_points, model, raw.get("target_modules"), layer_sizes)]
+        for point in points + (REFERENCE_ARMS if task else []):
+            given = {**study_level, **budget, **shape, **point}
             trials.append(_trial(path, f"profiles.{profile}", kind="train" if task else "measure", model=model, task=task,
-                                 adapter=adapter, seed=seed, profile=profile,
-                                 **{k: v for k, v in given.items() if v is not None}))
+                                 seed=seed, profile=profile, **{k: v for k, v in given.items() if v is not None}))
     if not trials:
         raise StudyError(path, "adapters", "the grid is empty: no trial to run")
     ids = [t.id for t in trials]
