@@ -44,7 +44,7 @@ def adapters(use_triton: bool) -> dict:
     import more
 
     kernels = ["auto", "bmm"] + (["triton"] if use_triton else [])
-    found = {f"more-{kernel}": more.MoReConfig(nblocks=PAPER_NBLOCKS, blk_r=PAPER_BLK_R, kernel=kernel, init="random",
+    found = {f"more-{kernel}": more.MoReConfig(nblocks=PAPER_NBLOCKS, blk_r=PAPER_BLK_R, kernel=kernel, init_weights=False,
                                                 target_modules=list(MORE_TARGETS)) for kernel in kernels}
     found[f"lora-r{LORA_RANK_FOR_MODELS}"] = peft.LoraConfig(r=LORA_RANK_FOR_MODELS, lora_alpha=LORA_RANK_FOR_MODELS,
                                                                target_modules=list(LORA_TARGETS))

@@ -82,7 +82,7 @@ def dry_run_table(trials: list[TrialConfig]) -> str:
     for t in trials:
         spec = t.adapter
         count = spec.closed_form_params(layer_sizes(t.model, t.target_modules)) if spec else 0
-        label = spec.label if spec else "none"
+        label = t.arm if t.kind == "train" else (spec.label if spec else "none")
         shape = f"{t.seq_len} x {t.batch}"
         lines.append(f"{t.id:<16}  {t.model:<20} {str(t.task or '-'):<10} {label:<30} {shape:>11} {str(t.lr):>8} "
                      f"{t.seed:>4} {('-' if count is None else f'{count:,}'):>24}")
