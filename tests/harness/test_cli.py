@@ -33,11 +33,13 @@ def test_list_names_studies_models_tasks_and_adapters(capsys):
 
 def test_dry_run_lists_the_trials_with_closed_form_counts(capsys):
     status, out, _ = run(capsys, "run", "rank_ablation", "--dry-run", "--profile", "cpu")
-    assert status == 0 and "9 trials" in out
+    assert status == 0 and "11 trials" in out  # 4 MoRe, 5 LoRA and the two references
     lines = out.splitlines()
     more = next(line for line in lines if "more(blk_r=4,nblocks=4)" in line)
     assert "64 x 16" in more and "55,296" in more  # 18 matrices of 384 x 384 at 3,072 parameters each
-    assert any(" none " in line and "0" in line.split()[-1] for line in lines)
+    assert "221,184" in next(line for line in lines if "lora(lora_alpha=32,r=16)" in line)  # 16x MoRe's smallest
+    for reference in (" head only ", " calibrated "):
+        assert any(reference in line and line.split()[-1] == "0" for line in lines)
 
 
 def test_a_bad_study_exits_2_naming_file_and_key(capsys, tmp_path):

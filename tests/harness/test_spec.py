@@ -128,3 +128,18 @@ def test_bad_study_files_are_rejected_naming_file_key_and_reason(tmp_path, adapt
 def test_unknown_study_name_suggests_a_known_one():
     with pytest.raises(StudyError, match="Did you mean 'efficiency'"):
         load_study("eficiency")
+
+
+def test_every_training_study_gets_both_references_per_seed(tmp_path):
+    text = BASE.format(adapters="  - method: lora\n    axes: {r: [4]}").replace("models: [minilm]",
+                                                                               "models: [minilm]\ntasks: [piqa]")
+    gpu = load_study(study_file(tmp_path, text=text), profile="gpu", layer_sizes=layer_sizes).trials
+    assert sorted((t.arm, t.seed) for t in gpu) == sorted(
+        (arm, seed) for arm in ("lora(lora_alpha=8,r=4)", "head only", "calibrated") for seed in (0, 1, 2))
+    calibrated = [t for t in gpu if t.calibrate]
+    assert all(t.adapter is None and t.kind == "train" for t in calibrated)
+    with pytest.raises(StudyError, match="head-only control .* remove this entry"):
+        load_study(study_file(tmp_path, text=text.replace("  - method: lora", "  - method: none\n  - method: lora")),
+                   layer_sizes=layer_sizes)
+    measure_only = expand(tmp_path, "  - method: lora\n    axes: {r: [4]}")
+    assert [t.arm for t in measure_only] == ["lora(lora_alpha=8,r=4)"]  # a study with no task has no references

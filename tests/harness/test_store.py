@@ -61,7 +61,7 @@ def test_records_tables_and_resume_status(store):
     assert record["config"] == more.to_json() and record["trial_id"] == more.id and "record" not in record
     assert TrialResult.from_json(record).rows == rows(1536, 0.5)
     trials = pd.read_csv(store.root / "trials.csv")
-    assert list(trials.columns[:7]) == store_module.LEADING_TRIAL_COLUMNS
+    assert list(trials.columns[:8]) == store_module.LEADING_TRIAL_COLUMNS
     by_id = trials.set_index("trial_id")
     assert by_id.loc[more.id, "adapter"] == "more" and by_id.loc[more.id, "nblocks"] == 4  # parameters as columns
     assert by_id.loc[lora.id, "r"] == 2 and by_id.loc[lora.id, "lora_alpha"] == 4
