@@ -177,3 +177,13 @@ def test_analyse_command_writes_and_prints_the_table(capsys, results, monkeypatc
     monkeypatch.setattr(stats, "N_RESAMPLES", RESAMPLES)
     code, out, _ = run(capsys, "analyse", STUDY, "--results-dir", str(results))
     assert code == 0 and "learns" in out and MORE.label in out and "analysis.csv" in out
+
+
+def test_arms_are_named_by_a_unique_part():
+    arms = ["more(blk_r=1,nblocks=4)", "more(blk_r=16,nblocks=4)", "lora(lora_alpha=32,r=16)", "head only"]
+    assert analysis.resolve_arm("blk_r=1", arms) == analysis.resolve_arm("blk_r=1,", arms) == arms[0]
+    assert analysis.resolve_arm("blk_r=16", arms) == arms[1]
+    assert analysis.resolve_arm("r=16", arms) == arms[2]
+    assert analysis.resolve_arm("head", arms) == arms[3]
+    with pytest.raises(ValueError, match="names several arms"):
+        analysis.resolve_arm("more", arms)
