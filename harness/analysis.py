@@ -40,6 +40,10 @@ def task_metric(task: str) -> str:
 
 def trained(frame: pd.DataFrame) -> pd.DataFrame:
     """The final whole-model rows of the training trials that finished."""
+    if "arm" not in frame:
+        study = frame["study"].iloc[0] if len(frame) else "the study"
+        raise ValueError(f"The results of {study} predate arms, validation splits and per-example outputs: run it "
+                         f"again (`python -m harness run {study} --fresh`; the old results are moved aside).")
     frame = final_values(frame[(frame["status"] == "ok") & frame["task"].notna()])
     if "kind" in frame:
         frame = frame[frame["kind"] == "train"]
@@ -101,6 +105,15 @@ def arm_outputs(store: Store, frame: pd.DataFrame, model: str, task: str, arm: s
     return out
 
 
+def _study_choices(study: str, results_dir: Path | str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The study's joined results and each arm's chosen learning rate."""
+    frame = load(study, results_dir)
+    chosen = choose_learning_rates(frame)
+    if chosen.empty:
+        raise ValueError(f"Study {study!r} has no finished training trial: nothing to analyse.")
+    return frame, chosen
+
+
 def _interval_columns(prefix: str, interval: stats.Interval | None) -> dict:
     names = ["", "_se", "_low", "_high"]
     if interval is None:
@@ -118,11 +131,8 @@ def summarise(study: str, results_dir: Path | str | None = None,
     """One row per (model, task, arm) at its chosen learning rate; see the module's docstring. `n_resamples`:
     bootstrap resamples per interval (None: `harness.stats.N_RESAMPLES`)."""
     n_resamples = n_resamples or stats.N_RESAMPLES
-    frame = load(study, results_dir)
+    frame, chosen = _study_choices(study, results_dir)
     store = Store(study, results_dir)
-    chosen = choose_learning_rates(frame)
-    if chosen.empty:
-        raise ValueError(f"Study {study!r} has no finished training trial: nothing to analyse.")
     final = trained(frame)
     rows = []
     for (model, task), arms in chosen.groupby(["model", "task"], sort=False):
@@ -205,8 +215,7 @@ def compare_arms(study: str, a: str, b: str, split: str = "test", results_dir: P
     """The paired difference a - b in the task metric and the loss, each arm at its chosen learning rate.
     `model` and `task` narrow a study that ran several."""
     n_resamples = n_resamples or stats.N_RESAMPLES
-    frame = load(study, results_dir)
-    chosen = choose_learning_rates(frame)
+    frame, chosen = _study_choices(study, results_dir)
     for column, value in (("model", model), ("task", task)):
         if value is not None:
             if value not in set(chosen[column]):

@@ -160,6 +160,21 @@ def test_compare_arms_command(capsys, results):
     assert code == 0 and "not resolved (the interval spans 0)" in out
 
 
+@pytest.fixture(scope="module")
+def measured_only(tmp_path_factory):
+    root = tmp_path_factory.mktemp("measured")
+    config = TrialConfig(kind="measure", model="minilm", adapter=MORE)
+    Store("costs", root).write(record_of("costs", config, TrialResult("ok", [])))
+    return root
+
+
+def test_results_without_training_or_from_before_arms_are_refused(results, measured_only, capsys):
+    code, _, err = run(capsys, "analyse", "costs", "--results-dir", str(measured_only))
+    assert code == 2 and "no finished training trial" in err
+    with pytest.raises(ValueError, match="predate arms"):
+        analysis.choose_learning_rates(load(STUDY, results).drop(columns="arm"))
+
+
 @pytest.mark.parametrize("argv, message", [
     (("compare-arms", STUDY, "o", "calibrated"), "names several arms"),
     (("compare-arms", STUDY, "dora", "calibrated"), "No arm 'dora'; the arms are: "),
