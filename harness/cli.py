@@ -12,6 +12,7 @@ import typing
 import torch
 import yaml
 
+from . import analysis
 from .adapters import AdapterSpec, known_methods, parse_adapter
 from .executors import make_executor
 from .layers import layer_sizes
@@ -179,6 +180,19 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_compare_arms(args) -> int:
+    comparison = analysis.compare_arms(args.study, args.a, args.b, args.split, args.results_dir, args.model, args.task)
+    print(analysis.format_comparison(comparison))
+    return 0
+
+
+def cmd_analyse(args) -> int:
+    table, path = analysis.write_summary(args.study, args.results_dir)
+    print(analysis.format_summary(table))
+    print(f"every column in {path}")
+    return 0
+
+
 def trial_options(parser, *names: str) -> None:
     """Options for TrialConfig fields; one left out keeps the field's default (shown in --help)."""
     for name in names:
@@ -234,6 +248,21 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--results-dir", default=None)
     c.set_defaults(func=cmd_compare)
 
+    ca = sub.add_parser("compare-arms", help="the paired difference of two arms of a study, with its 95% interval")
+    ca.add_argument("study")
+    ca.add_argument("a", help="an arm's name or a unique part of it: 'more(blk_r=4,nblocks=4)', 'r=16', 'calibrated'")
+    ca.add_argument("b")
+    ca.add_argument("--split", default="test", choices=analysis.SPLITS)
+    ca.add_argument("--model", default=None, help="the model, where the study ran several")
+    ca.add_argument("--task", default=None, help="the task, where the study ran several")
+    ca.add_argument("--results-dir", default=None)
+    ca.set_defaults(func=cmd_compare_arms)
+
+    an = sub.add_parser("analyse", help="each arm at its chosen learning rate against the references: analysis.csv")
+    an.add_argument("study")
+    an.add_argument("--results-dir", default=None)
+    an.set_defaults(func=cmd_analyse)
+
     li = sub.add_parser("list", help="list studies, models, tasks and adapters")
     li.set_defaults(func=cmd_list)
 
@@ -247,6 +276,6 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
