@@ -31,14 +31,16 @@ test: setup
 	$(PY) -m pytest -q
 
 # Each study runs with the profile that suits the machine (gpu when CUDA is there, else cpu), resumes
-# what an earlier run finished, then draws its figures. STUDY_FLAGS passes more, e.g. --jobs 2 or --fresh.
+# what an earlier run finished, then draws its figures and (training studies) writes analysis.csv. STUDY_FLAGS passes more, e.g. --jobs 2 or --fresh.
 study-rank-ablation: setup
 	$(HARNESS) run rank_ablation $(STUDY_FLAGS)
 	$(HARNESS) figures rank_ablation
+	$(HARNESS) analyse rank_ablation
 
 study-block-ablation: setup
 	$(HARNESS) run block_ablation $(STUDY_FLAGS)
 	$(HARNESS) figures block_ablation
+	$(HARNESS) analyse block_ablation
 
 study-efficiency: setup
 	$(HARNESS) run efficiency $(STUDY_FLAGS)

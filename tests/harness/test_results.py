@@ -22,23 +22,21 @@ def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
 
 
 @pytest.mark.parametrize("study", ["rank_ablation", "block_ablation"])
-def test_every_shipped_training_trial_shows_a_learning_signal(study):
-    """Held-out loss and task metric each moved by more than two standard errors of the evaluation set:
-    the loss against the untrained model (paired per-example differences), the metric against the
-    majority class or chance (bootstrap)."""
+def test_shipped_training_results_hold_their_per_example_outputs_and_references(study):
+    """Every training trial finished, kept its output on every validation and test example, and those outputs
+    give back the accuracy and loss it reports; both references ran beside the adapters."""
     if not (RESULTS_DIR / study / "trials.csv").exists():
         pytest.skip(f"no shipped results for {study}")
-    frame = load(study)
-    trials = frame.drop_duplicates("trial_id")
+    frame, store = load(study), Store(study)
+    trials = frame.drop_duplicates("trial_id").set_index("trial_id")
     assert (trials.status == "ok").all()
-    assert (final(frame, "eval_loss_drop_in_se") > 2).all()
-    assert (final(frame, "eval_accuracy_over_baseline_in_se") > 2).all()
-    assert (final(frame, "learning_signal") == 1).all()
-    # the recorded margins are what the rows they summarise say
-    drop = final(frame, "eval_loss_drop") / final(frame, "eval_loss_drop_se")
-    pd.testing.assert_series_equal(drop, final(frame, "eval_loss_drop_in_se"), check_names=False)
-    margin = (final(frame, "eval_accuracy") - final(frame, "baseline_accuracy")) / final(frame, "eval_accuracy_se")
-    pd.testing.assert_series_equal(margin, final(frame, "eval_accuracy_over_baseline_in_se"), check_names=False)
+    assert {"head only", "calibrated"} <= set(trials.arm)
+    for trial_id in trials.index:
+        outputs = store.examples(trial_id)
+        test = outputs[outputs.split == "test"]
+        assert len(test) == 366 and len(outputs[outputs.split == "validation"]) == 183
+        assert test.correct.mean() == pytest.approx(final(frame, "test_accuracy")[trial_id])
+        assert test.loss.mean() == pytest.approx(final(frame, "test_loss")[trial_id])
 
 
 def test_rank_ablation_pairs_each_more_rank_with_lora_of_equal_parameters():
@@ -49,4 +47,5 @@ def test_rank_ablation_pairs_each_more_rank_with_lora_of_equal_parameters():
     trials = frame.drop_duplicates("trial_id").set_index("trial_id")
     more = sorted(params[trials.adapter[params.index] == "more"])
     lora = sorted(params[trials.adapter[params.index] == "lora"])
-    assert more == lora and len(more) >= 4
+    assert lora[:len(more)] == more and len(more) >= 4
+    assert max(lora) >= 10 * min(more)  # the paper's "10x fewer parameters" is on the axis
