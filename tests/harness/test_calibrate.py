@@ -4,14 +4,14 @@ import torch
 from harness.calibrate import fit_head, head_inputs, head_of
 from harness.models import load_model
 from harness.tasks import load_task
-from harness.train import EncoderFamily
+from harness.scoring import EncoderScoring
 
 
 def test_calibrating_the_biencoder_scale_lowers_the_loss_and_keeps_the_ranking():
     task = load_task("commonsenseqa")
     model, tokenizer, info = load_model("minilm", head="multiple_choice", pooling="biencoder")
     model.eval()  # no dropout: the same predictions before and after
-    family = EncoderFamily(task, tokenizer, 64, torch.device("cpu"), info.pooling)
+    family = EncoderScoring(task, tokenizer, 64, torch.device("cpu"), info.pooling)
     train, test = task.train(limit=96), task.split("test", limit=48)
     before_predictions, before_losses = family.evaluate(model, test, 32)
     inputs = head_inputs(model, lambda: family.evaluate(model, train, 32))
