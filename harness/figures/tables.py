@@ -147,7 +147,7 @@ def describe_spread(points: pd.DataFrame) -> str:
     if max(seeds) > 1:
         parts.append(f"bands and bars: 95% CI over {fmt(max(seeds))} seeds")
     if 1 in seeds:
-        parts.append("error bars: ±1 s.e. of the eval set (one seed)")
+        parts.append("error bars: 95% interval, ±1.96 s.e. of the test set (one seed)")
     return "; ".join(parts)
 
 

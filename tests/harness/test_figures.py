@@ -128,7 +128,7 @@ def test_quality_vs_params_picks_the_best_learning_rate(tmp_path, drawn):
     results = write_study(tmp_path / "results", rank_records("lr_sweep", seeds=(0,), lrs=(1e-3, 1e-4)))
     assert_written(quality_vs_params(results, out_dir=tmp_path))
     assert "best of 2 learning rates" in drawn[0]._suptitle.get_text()
-    assert "1 s.e. of the eval set" in drawn[0]._suptitle.get_text()
+    assert "1.96 s.e. of the test set" in drawn[0]._suptitle.get_text()
 
 
 def test_quality_vs_nblocks(studies, tmp_path):
