@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 
 from .adapters import AdapterSpec, make_adapter, method_of, parse_adapter
 from .models import HEADS, POOLINGS, origin_of
-from .tasks import PROMPT_STYLES, TASKS
+from .prompts import PROMPT_STYLES
+from .tasks import TASKS
 
 # Part of every trial id: bump when what a config means changes, so that old results are not reused.
 TRIAL_PROTOCOL = 3
