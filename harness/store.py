@@ -95,11 +95,13 @@ class Store:
             frame = pd.DataFrame(examples, columns=EXAMPLE_COLUMNS)
             write_atomically(self.examples_dir / f"{record['trial_id']}.csv.gz", frame.to_csv(index=False),
                              compress=True)
+        # the tables first, then the record: a kill between the two leaves tables that hold one trial more than
+        # the records, which a rerun runs again and rebuilds, never records without tables
+        self.rebuild_tables({**self.records(), record["trial_id"]: record})
         write_atomically(self.records_dir / f"{record['trial_id']}.json", json.dumps(record, indent=1, default=str))
-        self.rebuild_tables()
 
-    def rebuild_tables(self) -> None:
-        records = list(self.records().values())
+    def rebuild_tables(self, records: dict[str, dict] | None = None) -> None:
+        records = [r for _, r in sorted((self.records() if records is None else records).items())]
         write_atomically(self.root / "trials.csv", trials_frame(records).to_csv(index=False))
         write_atomically(self.root / "metrics.csv", metrics_frame(records).to_csv(index=False))
 
