@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 
 from peft import mapping
 
 import more  # noqa: F401  (registers "more" with PEFT)
 from more.shapes import lora_params, monarch_shape
+
+from .hints import did_you_mean
 
 # Short names users type, mapped to the config field they mean.
 ALIASES = {"lora": {"alpha": "lora_alpha", "dropout": "lora_dropout"}}
@@ -30,9 +31,7 @@ def config_class(method: str):
     for key, cls in mapping.PEFT_TYPE_TO_CONFIG_MAPPING.items():
         if str(getattr(key, "value", key)).lower() == method:
             return cls
-    suggestion = difflib.get_close_matches(method, known_methods(), n=1)
-    hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
-    raise ValueError(f"Unknown adapter {method!r}.{hint} Known adapters: {', '.join(known_methods())}.")
+    raise ValueError(f"Unknown adapter {method!r}.{did_you_mean(method, known_methods())} Known adapters: {', '.join(known_methods())}.")
 
 
 def _parse_value(text: str):
@@ -76,8 +75,7 @@ class AdapterSpec:
         fields = {f.name for f in dataclasses.fields(config_cls)}
         for key in params:
             if key not in fields:
-                suggestion = difflib.get_close_matches(key, sorted(fields) + sorted(aliases), n=1)
-                hint = f" Did you mean {suggestion[0]!r}?" if suggestion else ""
+                hint = did_you_mean(key, sorted(fields) + sorted(aliases))
                 raise ValueError(f"Adapter {method!r} has no parameter {key!r}.{hint}")
         if method == "lora":
             params.setdefault("r", 8)

@@ -37,7 +37,6 @@ Loading a registered model never touches the network (embedded.py finds and conv
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -48,6 +47,7 @@ from torch import nn
 
 from .embedded import minilm_path, smollm2_path
 from .heads import BiEncoderChoice, MeanPooledHead
+from .hints import did_you_mean
 
 HEADS = ("base", "causal_lm", "sequence_classification", "multiple_choice")
 POOLINGS = ("builtin", "mean", "biencoder")
@@ -230,8 +230,7 @@ def _looks_like_hub_id(name: str) -> bool:
 
 
 def _unknown_name_message(name: str) -> str:
-    hint = difflib.get_close_matches(name, list(MODELS), n=1)
-    message = (f"Unknown model {name!r}.{' Did you mean ' + repr(hint[0]) + '?' if hint else ''} Registered names: "
+    message = (f"Unknown model {name!r}.{did_you_mean(name, MODELS)} Registered names: "
                f"{', '.join(MODELS)}. A Hugging Face hub id has the form owner/name (e.g. FacebookAI/roberta-large); "
                f"a local model is a folder path.")
     if name in PAPER_SCALE:

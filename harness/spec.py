@@ -14,7 +14,6 @@ before anything runs; an error names the file, the key and the reason.
 from __future__ import annotations
 
 import ast
-import difflib
 import itertools
 import operator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .adapters import NO_ADAPTER, make_adapter
+from .hints import did_you_mean
 from .trial import FIELD_TYPES, TrialConfig, TrialConfigError, check_model, check_task, check_value
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
@@ -64,13 +64,8 @@ def study_path(name_or_path: str) -> Path:
     if candidate.exists():
         return candidate
     known = sorted(p.stem for p in STUDIES_DIR.glob("*.yaml"))
-    raise StudyError(name_or_path, "study", f"no such study file.{_did_you_mean(name_or_path, known)} "
+    raise StudyError(name_or_path, "study", f"no such study file.{did_you_mean(name_or_path, known)} "
                      f"Known studies: {', '.join(known)}.")
-
-
-def _did_you_mean(value: str, choices) -> str:
-    hint = difflib.get_close_matches(value, list(choices), n=1)
-    return f" Did you mean {hint[0]!r}?" if hint else ""
 
 
 def _check_keys(path, where: str, data: dict, allowed: dict) -> None:
@@ -79,7 +74,7 @@ def _check_keys(path, where: str, data: dict, allowed: dict) -> None:
     for key, value in data.items():
         if key not in allowed:
             raise StudyError(path, f"{where}.{key}" if where else key,
-                             f"unknown key.{_did_you_mean(key, allowed)} Allowed: {', '.join(allowed)}")
+                             f"unknown key.{did_you_mean(key, allowed)} Allowed: {', '.join(allowed)}")
         if not isinstance(value, allowed[key]) or (allowed[key] is int and isinstance(value, bool)):
             raise StudyError(path, f"{where}.{key}" if where else key,
                              f"expected {allowed[key].__name__}, got {type(value).__name__} ({value!r})")
@@ -93,7 +88,7 @@ def _check_profile(path, where: str, data: dict) -> None:
         if key in GRID_KEYS:
             _check_keys(path, where, {key: value}, GRID_KEYS)
         elif key not in PROFILE_KEYS:
-            raise StudyError(path, f"{where}.{key}", f"unknown key.{_did_you_mean(key, PROFILE_KEYS)} "
+            raise StudyError(path, f"{where}.{key}", f"unknown key.{did_you_mean(key, PROFILE_KEYS)} "
                              f"Allowed: {', '.join(PROFILE_KEYS)}")
         else:
             try:

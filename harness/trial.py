@@ -15,7 +15,6 @@ A config travels as JSON (`to_json` / `from_json`); its `id` hashes that canonic
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import json
 import re
@@ -24,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .adapters import AdapterSpec, make_adapter, method_of, parse_adapter
+from .hints import did_you_mean
 from .models import HEADS, POOLINGS, origin_of
 from .prompts import PROMPT_STYLES
 from .tasks import TASKS
@@ -46,11 +46,6 @@ class TrialConfigError(ValueError):
     def __init__(self, key: str, reason: str):
         super().__init__(f"{key}: {reason}")
         self.key, self.reason = key, reason
-
-
-def _did_you_mean(value, choices) -> str:
-    hint = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-    return f" Did you mean {hint[0]!r}?" if hint else ""
 
 
 @dataclass(frozen=True)
@@ -141,7 +136,7 @@ class TrialConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         for key in data:
             if key not in known | {"adapter_params"}:
-                raise TrialConfigError(key, f"unknown key.{_did_you_mean(key, known)} Allowed: {', '.join(known)}")
+                raise TrialConfigError(key, f"unknown key.{did_you_mean(key, known)} Allowed: {', '.join(known)}")
         try:
             data["adapter"] = make_adapter(data.get("adapter"), data.pop("adapter_params", None))
             data["adapters"] = tuple(parse_adapter(text) for text in data.get("adapters", ()))
@@ -171,7 +166,7 @@ FIELD_TYPES = typing.get_type_hints(TrialConfig)
 def check_value(key: str, value):
     """`value` for TrialConfig's field `key`, type-checked and normalised (lists become tuples)."""
     if key not in FIELD_TYPES:
-        raise TrialConfigError(key, f"unknown key.{_did_you_mean(key, FIELD_TYPES)} Allowed: {', '.join(FIELD_TYPES)}")
+        raise TrialConfigError(key, f"unknown key.{did_you_mean(key, FIELD_TYPES)} Allowed: {', '.join(FIELD_TYPES)}")
     hint = FIELD_TYPES[key]
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
@@ -205,17 +200,17 @@ def check_model(model: str) -> None:
 
 def check_task(task: str | None) -> None:
     if task is not None and task not in TASKS:
-        raise TrialConfigError("task", f"unknown task {task!r}.{_did_you_mean(task, TASKS)} Known: {', '.join(TASKS)}")
+        raise TrialConfigError("task", f"unknown task {task!r}.{did_you_mean(task, TASKS)} Known: {', '.join(TASKS)}")
 
 
 def _check_allowed(key: str, value) -> None:
     if key in ALLOWED and value not in ALLOWED[key]:
-        raise TrialConfigError(key, f"unknown value {value!r}.{_did_you_mean(value, ALLOWED[key])} "
+        raise TrialConfigError(key, f"unknown value {value!r}.{did_you_mean(value, ALLOWED[key])} "
                                     f"Choose from {', '.join(ALLOWED[key])}")
     if key == "measure":
         for m in value:
             if m not in MEASUREMENTS:
-                raise TrialConfigError(key, f"unknown measurement {m!r}.{_did_you_mean(m, MEASUREMENTS)} "
+                raise TrialConfigError(key, f"unknown measurement {m!r}.{did_you_mean(m, MEASUREMENTS)} "
                                             f"Choose from {', '.join(MEASUREMENTS)}")
     if key in AT_LEAST_ONE and value < 1:
         raise TrialConfigError(key, f"must be 1 or more, got {value}")
