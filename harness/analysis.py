@@ -22,10 +22,10 @@ from pathlib import Path
 import pandas as pd
 
 from . import stats
-from .store import Store, final_values, load, write_atomically
+from .store import CALIBRATED, HEAD_ONLY, Store, final_values, load, write_atomically
 from .tasks import TASKS
 
-REFERENCES = ("head only", "calibrated")  # `harness.trial.HEAD_ONLY, CALIBRATED`, named without importing torch
+REFERENCES = (HEAD_ONLY, CALIBRATED)
 GROUP = ["model", "task", "arm"]
 SPLITS = ("validation", "test")
 LEARNS_MARGIN_SE = 2.0  # an arm learns when it beats the stronger reference by more than this many paired SEs

@@ -29,6 +29,8 @@ if TYPE_CHECKING:  # reading results needs neither torch nor PEFT, which the tri
 
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
+# The two reference arms of a training study (TrialConfig.arm), named here so that reading results needs no torch
+HEAD_ONLY, CALIBRATED = "head only", "calibrated"
 EXAMPLE_COLUMNS = ["split", "example_id", "label", "prediction", "correct", "loss"]
 LEADING_TRIAL_COLUMNS = ["trial_id", "study", "status", "model", "task", "arm", "adapter", "label"]
 

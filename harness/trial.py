@@ -26,6 +26,7 @@ from .adapters import AdapterSpec, make_adapter, method_of, parse_adapter
 from .hints import did_you_mean
 from .models import HEADS, POOLINGS, origin_of
 from .prompts import PROMPT_STYLES
+from .store import CALIBRATED, HEAD_ONLY
 from .tasks import TASKS
 
 # Part of every trial id: bump when what a config means changes, so that old results are not reused.
@@ -36,7 +37,6 @@ DTYPES = ("fp32", "bf16", "fp16")
 ALLOWED = {"kind": KINDS, "dtype": DTYPES, "pooling": POOLINGS, "head": HEADS, "prompt_style": PROMPT_STYLES}
 AT_LEAST_ONE = ("steps", "batch", "seq_len", "validation_examples", "test_examples", "train_examples", "repeats",
                 "timeout_s", "threads")
-HEAD_ONLY, CALIBRATED = "head only", "calibrated"  # the two reference arms of a training study
 DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 
 
