@@ -27,7 +27,9 @@ import pandas as pd
 if TYPE_CHECKING:  # reading results needs neither torch nor PEFT, which the trial contract imports
     from .trial import TrialConfig, TrialResult
 
-RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # where a study run on this machine writes
+# The results that ship: the reference machine's runs (the machine is named in results/reference/README.md)
+REFERENCE_DIR = RESULTS_DIR / "reference"
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
 # The two reference arms of a training study (TrialConfig.arm), named here so that reading results needs no torch
 HEAD_ONLY, CALIBRATED = "head only", "calibrated"

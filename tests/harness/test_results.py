@@ -4,7 +4,7 @@ import pytest
 
 from harness.layers import layer_sizes
 from harness.spec import load_study
-from harness.store import RESULTS_DIR, Store, final_values, load
+from harness.store import REFERENCE_DIR, Store, final_values, load
 
 
 def final(frame: pd.DataFrame, metric: str) -> pd.Series:
@@ -15,19 +15,19 @@ def final(frame: pd.DataFrame, metric: str) -> pd.Series:
 @pytest.mark.parametrize("study", ["rank_ablation", "block_ablation", "efficiency"])
 def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
     """A rerun on the CPU profile finds every trial done: no record is orphaned by a change of trial id."""
-    if not (RESULTS_DIR / study / "trials.csv").exists():
+    if not (REFERENCE_DIR / study / "trials.csv").exists():
         pytest.skip(f"no shipped results for {study}")
     planned = {t.id for t in load_study(study, "cpu", layer_sizes=layer_sizes).trials}
-    assert Store(study).status() == dict.fromkeys(planned, "ok")
+    assert Store(study, REFERENCE_DIR).status() == dict.fromkeys(planned, "ok")
 
 
 @pytest.mark.parametrize("study", ["rank_ablation", "block_ablation"])
 def test_shipped_training_results_hold_their_per_example_outputs_and_references(study):
     """Every training trial finished, kept its output on every validation and test example, and those outputs
     give back the accuracy and loss it reports; both references ran beside the adapters."""
-    if not (RESULTS_DIR / study / "trials.csv").exists():
+    if not (REFERENCE_DIR / study / "trials.csv").exists():
         pytest.skip(f"no shipped results for {study}")
-    frame, store = load(study), Store(study)
+    frame, store = load(study, REFERENCE_DIR), Store(study, REFERENCE_DIR)
     trials = frame.drop_duplicates("trial_id").set_index("trial_id")
     assert (trials.status == "ok").all()
     assert {"head only", "calibrated"} <= set(trials.arm)
@@ -40,9 +40,9 @@ def test_shipped_training_results_hold_their_per_example_outputs_and_references(
 
 
 def test_rank_ablation_pairs_each_more_rank_with_lora_of_equal_parameters():
-    if not (RESULTS_DIR / "rank_ablation" / "trials.csv").exists():
+    if not (REFERENCE_DIR / "rank_ablation" / "trials.csv").exists():
         pytest.skip("no shipped rank_ablation results")
-    frame = load("rank_ablation")
+    frame = load("rank_ablation", REFERENCE_DIR)
     params = final(frame, "adapter_params")
     trials = frame.drop_duplicates("trial_id").set_index("trial_id")
     more = sorted(params[trials.adapter[params.index] == "more"])
