@@ -30,8 +30,10 @@ $(STAMP): pyproject.toml Makefile
 test: setup
 	$(PY) -m pytest -q
 
-# Each study runs with the profile that suits the machine (gpu when CUDA is there, else cpu), resumes
-# what an earlier run finished, then draws its figures and (training studies) writes analysis.csv. STUDY_FLAGS passes more, e.g. --jobs 2 or --fresh.
+# Each study runs with the profile that suits the machine (gpu when CUDA is there; on a CPU the study's quick
+# profile where it has one, else cpu), resumes what an earlier run finished, then draws its figures and
+# (training studies) writes analysis.csv. STUDY_FLAGS passes more, e.g. --profile cpu (the full protocol),
+# --jobs 2 or --fresh.
 study-rank-ablation: setup
 	$(HARNESS) run rank_ablation $(STUDY_FLAGS)
 	$(HARNESS) figures rank_ablation

@@ -84,6 +84,18 @@ def choose_learning_rates(study_frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=columns)
 
 
+def chosen_rates(study: str, results_dir: Path | str | None = None) -> dict:
+    """{(model, task, arm): the learning rate chosen on validation} from a study's stored results; {} when none."""
+    try:
+        frame = load(study, results_dir)
+    except FileNotFoundError:
+        return {}
+    if frame.empty or "arm" not in frame:
+        return {}
+    chosen = choose_learning_rates(frame)
+    return {(row.model, row.task, row.arm): row.lr for row in chosen.itertuples()}
+
+
 def arm_outputs(store: Store, frame: pd.DataFrame, model: str, task: str, arm: str, lr: float,
                 split: str) -> stats.Outputs:
     """{seed: that seed's per-example outputs on `split`} for one arm at one learning rate (finished trials)."""

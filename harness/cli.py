@@ -20,8 +20,8 @@ from .measure.records import Measurement
 from .models import MODELS
 from .run_trial import run_trial
 from .runner import run_study, select
-from .spec import STUDIES_DIR, Study, load_study, study_path
-from .store import Store, final_values, load
+from .spec import STUDIES_DIR, Study, load_study, rate_key, study_path
+from .store import REFERENCE_DIR, Store, final_values, load
 from .tasks import TASKS
 from .trial import FIELD_TYPES, TrialConfig
 
@@ -73,8 +73,15 @@ def cmd_measure(args) -> int:
     return 0
 
 
-def default_profile() -> str:
-    return "gpu" if torch.cuda.is_available() else "cpu"
+def default_profile(study: str) -> str:
+    """gpu where CUDA is; on a CPU, the study's `quick` profile where it has one, else `cpu`."""
+    if torch.cuda.is_available():
+        return "gpu"
+    try:
+        profiles = yaml.safe_load(study_path(study).read_text()).get("profiles") or {}
+    except Exception:  # a missing or bad file: load_study says what is wrong with it
+        profiles = {}
+    return "quick" if "quick" in profiles else "cpu"
 
 
 def dry_run_table(trials: list[TrialConfig]) -> str:
@@ -91,22 +98,52 @@ def dry_run_table(trials: list[TrialConfig]) -> str:
 
 
 def cmd_run(args) -> int:
-    profile = args.profile or default_profile()
+    profile = args.profile or default_profile(args.study)
     study = load_study(args.study, profile=profile, layer_sizes=layer_sizes)
-    trials = select(study.trials, args.only)
+    if study.learning_rates == "reference":
+        first = study.at_rates(reference_rates(study, profile))
+    else:
+        first = study.search()
     if args.dry_run:
-        print(f"study {study.name} ({study.path}), profile {profile}: {len(trials)} trials")
-        print(dry_run_table(trials))
+        print(f"study {study.name} ({study.path}), profile {profile}: {len(select(first, args.only))} trials")
+        print(dry_run_table(select(first, args.only)))
+        later = len(study.trials) - len(first)
+        if study.learning_rates == "validation" and later:
+            print(f"then the other seeds of each tuned arm at the rate chosen on validation at seed {study.tuning_seed}: "
+                  f"{_seed_count(study)} more trials")
         return 0
     store = Store(study.name, args.results_dir)
     if args.fresh:
         moved = store.move_aside()
         if moved:
             print(f"previous results moved to {moved}")
-    jobs = args.jobs or study.jobs
-    counts = run_study(study, trials, make_executor(args.executor, jobs, args.address), store, args.retry_failed)
+    executor = make_executor(args.executor, args.jobs or study.jobs, args.address)
+    counts = run_study(study, select(first, args.only), executor, store, args.retry_failed)
+    if study.learning_rates == "validation" and len(first) < len(study.trials):
+        chosen = analysis.chosen_rates(study.name, args.results_dir)
+        tuned = {rate_key(t) for t in first if study.tuned(t)}
+        print("learning rates chosen on validation: " + "; ".join(f"{key[2]} {lr:g}" for key, lr in chosen.items()
+                                                                   if key in tuned))
+        more = run_study(study, select(study.at_rates(chosen), args.only), executor, store, args.retry_failed)
+        counts = {key: counts[key] + more[key] for key in counts}
     # failed trials are recorded and reported, and the study's figures still follow (--strict to fail instead)
     return 1 if args.strict and counts["failed"] else 0
+
+
+def _seed_count(study: Study) -> int:
+    """How many trials the seeds after the search add: one per tuned arm and later seed."""
+    return len({(rate_key(t), t.seed) for t in study.trials if study.tuned(t) and t.seed != study.tuning_seed})
+
+
+def reference_rates(study: Study, profile: str) -> dict:
+    """Each arm's rate as the reference machine's results chose it; an error says how to get them if absent."""
+    chosen = analysis.chosen_rates(study.name, REFERENCE_DIR)
+    missing = sorted({t.arm for t in study.trials if study.tuned(t) and rate_key(t) not in chosen})
+    if missing:
+        raise ValueError(f"Profile {profile!r} of {study.name} runs each arm at the learning rate the reference "
+                         f"machine's results chose, and {REFERENCE_DIR / study.name} has none for: {', '.join(missing)}. "
+                         f"Run the full protocol instead: `python -m harness run {study.name} --profile cpu`.")
+    return chosen
 
 
 def cmd_list(args) -> int:
@@ -228,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a study (resumes by default)")
     r.add_argument("study", help="a study name from studies/ or a path to a .yaml file")
     r.add_argument("--dry-run", action="store_true", help="print the expanded trials and run nothing")
-    r.add_argument("--profile", default=None, help="budget profile (default: gpu when CUDA is available, else cpu)")
+    r.add_argument("--profile", default=None, help="budget profile (default: gpu when CUDA is available; else the "
+                   "study's quick profile where it has one, else cpu)")
     r.add_argument("--executor", default="local", choices=["local", "ray"])
     r.add_argument("--jobs", type=int, default=None,
                    help="trials at a time (local), or CPUs for a local Ray instance; default: the profile's jobs, else 1")

@@ -2,6 +2,7 @@
 comes, and shows progress. An interrupted study loses nothing that was finished; a rerun resumes."""
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -52,7 +53,26 @@ def plan(trials: list[TrialConfig], store: Store, retry_failed: bool) -> Plan:
     done = [t for t in trials if status.get(t.id) == "ok"]
     failed = [t for t in trials if status.get(t.id) == "failed"]
     todo = [t for t in trials if t.id not in status or (retry_failed and status[t.id] == "failed")]
-    return Plan(todo, done, [] if retry_failed else failed)
+    return Plan(interleave(todo), done, [] if retry_failed else failed)
+
+
+def interleave(trials: list[TrialConfig]) -> list[TrialConfig]:
+    """The run order: families take turns (MoRe, LoRA, the references...), and within a family its arms, so that
+    no arm runs all its trials first or beside the same neighbour, and a machine's drift spreads over every arm."""
+    family = lambda t: t.arm if t.adapter is None else t.adapter.method  # noqa: E731
+    return _round_robin([_round_robin(_groups(group, lambda t: t.arm)) for group in _groups(trials, family)])
+
+
+def _groups(items: list, key) -> list[list]:
+    groups: dict = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return list(groups.values())
+
+
+def _round_robin(lists: list[list]) -> list:
+    """One from each list in turn: [[a1, a2], [b1]] -> [a1, b1, a2]."""
+    return [item for layer in itertools.zip_longest(*lists) for item in layer if item is not None]
 
 
 def headline(rows: list[dict]) -> str:

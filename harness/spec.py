@@ -7,7 +7,10 @@ entry with `match: more` keeps, for each MoRe configuration, only the rank whose
 count is nearest (closed forms on the model's real layer sizes, before anything runs).
 
 Each grid point becomes a `TrialConfig` (harness.trial): a study with tasks trains, one without
-measures. A profile's keys are TrialConfig's fields (besides `seeds`, `shapes` and `jobs`, which
+measures. An arm with several learning rates is tuned in two stages (`Study.search`, then `Study.at_rates`):
+every rate at the study's smallest seed, the rate chosen on validation (harness.analysis), then the other seeds at that
+rate only. A profile with `learning_rates: reference` skips the search and runs each arm at the rate the
+reference machine's results chose (results/reference/<study>). A profile's keys are TrialConfig's fields (besides `seeds`, `shapes` and `jobs`, which
 expand the grid or pace the runner), so they are checked as the trials are. Everything is checked
 before anything runs; an error names the file, the key and the reason.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import operator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +37,8 @@ ADAPTER_KEYS = {"method": str, "axes": dict, "zip": dict, "where": list, "lr": l
 # TrialConfig's fields that the study sets outside its profiles
 FROM_THE_STUDY = {"kind", "model", "task", "adapter", "adapters", "label", "target_modules", "lr", "seed", "measure",
                   "profile", "calibrate"}
-GRID_KEYS = {"seeds": list, "shapes": list, "jobs": int}
+GRID_KEYS = {"seeds": list, "shapes": list, "jobs": int, "learning_rates": str}
+LEARNING_RATES = ("validation", "reference")  # where a tuned arm's rate comes from: the search here, or the reference
 # Added to every training study: the references an adapter must beat (harness.trial.HEAD_ONLY, CALIBRATED)
 REFERENCE_ARMS = [{"adapter": None}, {"adapter": None, "calibrate": True}]
 PROFILE_KEYS = [name for name in FIELD_TYPES if name not in FROM_THE_STUDY] + list(GRID_KEYS)
@@ -52,8 +57,32 @@ class Study:
     description: str
     path: Path | None
     raw: dict
-    trials: list[TrialConfig] = field(default_factory=list)
+    trials: list[TrialConfig] = field(default_factory=list)  # the whole grid: every arm at each rate and seed
     jobs: int = 1  # trials at a time the profile suggests (--jobs overrides); not part of any trial
+    learning_rates: str = "validation"  # a tuned arm's rate: searched here on validation, or the reference's
+
+    @property
+    def tuning_seed(self) -> int | None:
+        return min((t.seed for t in self.trials), default=None)
+
+    def tuned(self, trial: TrialConfig) -> bool:
+        """Whether the trial's arm has more than one learning rate in the study."""
+        return len({t.lr for t in self.trials if rate_key(t) == rate_key(trial)}) > 1
+
+    def search(self) -> list[TrialConfig]:
+        """The first stage: every rate of a tuned arm at the tuning seed; an arm with one rate, at every seed."""
+        return [t for t in self.trials if t.seed == self.tuning_seed or not self.tuned(t)]
+
+    def at_rates(self, chosen: dict) -> list[TrialConfig]:
+        """Every arm at every seed, a tuned arm only at its chosen rate (`chosen`: rate_key -> lr). A tuned arm
+        with no chosen rate (each of its search trials failed) is left out."""
+        return [t for t in self.trials if not self.tuned(t) or
+                (rate_key(t) in chosen and math.isclose(t.lr, chosen[rate_key(t)]))]
+
+
+def rate_key(trial: TrialConfig) -> tuple:
+    """What one learning rate is chosen for (harness.analysis.choose_learning_rates groups the same way)."""
+    return trial.model, trial.task, trial.arm
 
 
 def study_path(name_or_path: str) -> Path:
@@ -172,6 +201,11 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_sizes=None) -> Stu
         raise StudyError(path, "profiles", f"no profile {profile!r}; this study has {', '.join(profiles)}")
     budget = dict(profiles[profile] or {})
     jobs = budget.pop("jobs", 1)
+    learning_rates = budget.pop("learning_rates", "validation")
+    if learning_rates not in LEARNING_RATES:
+        raise StudyError(path, f"profiles.{profile}.learning_rates", f"unknown value {learning_rates!r}; write "
+                         "validation (search the study's rates on the validation split here) or reference (each "
+                         "arm at the rate the reference machine's results chose)")
     _check_each(path, "tasks", raw.get("tasks") or [], check_task)
     tasks = raw.get("tasks") or [None]
     _check_each(path, "models", raw["models"], check_model)
@@ -198,7 +232,7 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_sizes=None) -> Stu
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
         raise StudyError(path, "adapters", "two grid points resolve to the same trial; remove the duplicate")
-    return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs)
+    return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs, learning_rates)
 
 
 def _trial(path, profile_key: str, **config) -> TrialConfig:

@@ -33,7 +33,8 @@ def test_list_names_studies_models_tasks_and_adapters(capsys):
 
 def test_dry_run_lists_the_trials_with_closed_form_counts(capsys):
     status, out, _ = run(capsys, "run", "rank_ablation", "--dry-run", "--profile", "cpu")
-    assert status == 0 and "11 trials" in out  # 4 MoRe, 5 LoRA and the two references
+    # the search: 2 MoRe, 3 LoRA at 3 rates, at seed 0; the two references at each of the 3 seeds
+    assert status == 0 and "21 trials" in out and "then the other seeds" in out and "10 more trials" in out
     lines = out.splitlines()
     more = next(line for line in lines if "more(blk_r=4,nblocks=4)" in line)
     assert "64 x 16" in more and "55,296" in more  # 18 matrices of 384 x 384 at 3,072 parameters each
@@ -88,3 +89,13 @@ def test_bad_options_exit_2(capsys):
     assert status == 2 and "measure: unknown measurement 'flop'. Did you mean 'flops'?" in err
     status, _, err = run(capsys, "measure", "--model", "minilm", "--adapter", "lora:rank=2")
     assert status == 2 and "Adapter 'lora' has no parameter 'rank'" in err
+
+
+def test_a_profile_at_the_reference_rates_says_how_to_get_them_when_there_are_none(capsys, tmp_path):
+    path = tmp_path / "nowhere.yaml"
+    path.write_text("name: nowhere\nmodels: [minilm]\ntasks: [commonsenseqa]\n"
+                    "adapters: [{method: lora, axes: {r: [1]}, lr: [1.0e-3, 1.0e-2]}]\n"
+                    "profiles: {quick: {steps: 1, learning_rates: reference}}\n")
+    status, _, err = run(capsys, "run", str(path), "--profile", "quick", "--dry-run")
+    assert status == 2 and "the learning rate the reference machine's results chose" in err
+    assert "has none for: lora(lora_alpha=2,r=1)" in err and "--profile cpu" in err and "Traceback" not in err

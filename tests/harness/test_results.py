@@ -2,6 +2,7 @@
 import pandas as pd
 import pytest
 
+from harness.analysis import chosen_rates
 from harness.layers import layer_sizes
 from harness.spec import load_study
 from harness.store import REFERENCE_DIR, Store, final_values, load
@@ -17,7 +18,9 @@ def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
     """A rerun on the CPU profile finds every trial done: no record is orphaned by a change of trial id."""
     if not (REFERENCE_DIR / study / "trials.csv").exists():
         pytest.skip(f"no shipped results for {study}")
-    planned = {t.id for t in load_study(study, "cpu", layer_sizes=layer_sizes).trials}
+    plan = load_study(study, "cpu", layer_sizes=layer_sizes)
+    chosen = chosen_rates(study, REFERENCE_DIR)  # the search's choice on validation, then the seeds at it
+    planned = {t.id for t in plan.search() + plan.at_rates(chosen)}
     assert Store(study, REFERENCE_DIR).status() == dict.fromkeys(planned, "ok")
 
 
@@ -45,7 +48,7 @@ def test_rank_ablation_pairs_each_more_rank_with_lora_of_equal_parameters():
     frame = load("rank_ablation", REFERENCE_DIR)
     params = final(frame, "adapter_params")
     trials = frame.drop_duplicates("trial_id").set_index("trial_id")
-    more = sorted(params[trials.adapter[params.index] == "more"])
-    lora = sorted(params[trials.adapter[params.index] == "lora"])
-    assert lora[:len(more)] == more and len(more) >= 4
+    more = sorted(set(params[trials.adapter[params.index] == "more"]))
+    lora = sorted(set(params[trials.adapter[params.index] == "lora"]))
+    assert lora[:len(more)] == more and len(more) >= 2
     assert max(lora) >= 10 * min(more)  # the paper's "10x fewer parameters" is on the axis

@@ -14,7 +14,7 @@ import pytest
 from harness import store as store_module
 from harness.executors import LocalExecutor, RayExecutor
 from harness.layers import layer_sizes
-from harness.runner import run_study, select
+from harness.runner import interleave, run_study, select
 from harness.spec import load_study
 from harness.store import Store
 
@@ -184,3 +184,51 @@ def test_compare_sets_adapters_side_by_side_with_ratios(tmp_path):
     (folder,) = [p for p in tmp_path.iterdir() if p.name.startswith("compare-")]
     trials = pd.read_csv(folder / "trials.csv")
     assert len(trials) == 3 and (trials.status == "ok").all()
+
+
+def test_interleave_lets_families_and_their_arms_take_turns(tmp_path):
+    path = tmp_path / "order.yaml"
+    path.write_text("""
+name: order
+models: [minilm]
+tasks: [commonsenseqa]
+adapters:
+  - {method: more, axes: {nblocks: [4], blk_r: [1, 4]}, lr: [1.0e-3, 1.0e-2]}
+  - {method: lora, axes: {r: [1, 4]}, lr: [1.0e-3, 1.0e-2]}
+""")
+    study = load_study(str(path), layer_sizes=layer_sizes)
+    order = [t.arm for t in interleave(study.trials)]
+    assert sorted(order) == sorted(t.arm for t in study.trials)
+    assert order[:4] == ["more(blk_r=1,nblocks=4)", "lora(lora_alpha=2,r=1)", "head only", "calibrated"]
+    assert order[4:6] == ["more(blk_r=4,nblocks=4)", "lora(lora_alpha=8,r=4)"]
+    assert all(a != b for a, b in zip(order, order[1:]))  # no arm twice in a row
+
+
+def test_a_tuned_study_searches_rates_on_validation_then_runs_the_seeds_at_the_chosen_rate(tmp_path):
+    """Real training at a tiny budget: the learning-rate search at the first seed, the choice read back from the
+    store, then the other seed at that rate only; a rerun finds everything done."""
+    path = tmp_path / "tuned.yaml"
+    path.write_text("""
+name: tuned
+models: [minilm]
+tasks: [commonsenseqa]
+target_modules: [query]
+measure: [params]
+adapters:
+  - {method: lora, axes: {r: [1]}, lr: [1.0e-4, 1.0e-1]}
+profiles:
+  cpu: {steps: 2, batch: 2, seq_len: 16, threads: 1, train_examples: 8, validation_examples: 8, test_examples: 4,
+        seeds: [0, 1], jobs: 2}
+""")
+    results = tmp_path / "results"
+    run = run_cli("run", str(path), "--results-dir", str(results), "--profile", "cpu")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "learning rates chosen on validation: lora(lora_alpha=2,r=1) " in run.stdout  # the tuned arm alone
+    trials = pd.read_csv(results / "tuned" / "trials.csv")
+    lora = trials[trials.adapter == "lora"]
+    chosen = float(run.stdout.split("lora(lora_alpha=2,r=1) ")[1].split(";")[0].split()[0])
+    assert sorted(lora[lora.seed == 0].lr) == [1e-4, 1e-1]
+    assert list(lora[lora.seed == 1].lr) == [pytest.approx(chosen)]
+    assert len(trials) == 2 + 1 + 4 and (trials.status == "ok").all()  # the references ran at both seeds
+    again = run_cli("run", str(path), "--results-dir", str(results), "--profile", "cpu")
+    assert again.stdout.count("already done") == 2 and "0 to run" in again.stdout

@@ -143,3 +143,44 @@ def test_every_training_study_gets_both_references_per_seed(tmp_path):
                    layer_sizes=layer_sizes)
     measure_only = expand(tmp_path, "  - method: lora\n    axes: {r: [4]}")
     assert [t.arm for t in measure_only] == ["lora(lora_alpha=8,r=4)"]  # a study with no task has no references
+
+
+TUNED = """
+name: tuned
+models: [minilm]
+tasks: [commonsenseqa]
+adapters:
+  - method: more
+    axes: {nblocks: [4], blk_r: [1, 4]}
+    lr: [1.0e-3, 3.0e-3, 1.0e-2]
+  - method: lora
+    axes: {r: [4]}
+    lr: [1.0e-3]
+profiles:
+  cpu: {steps: 10, batch: 2, seq_len: 16, seeds: [3, 1, 2]}
+  quick: {steps: 10, batch: 2, seq_len: 16, seeds: [0], learning_rates: reference}
+"""
+
+
+def test_search_runs_every_rate_at_the_first_seed_and_at_rates_keeps_the_chosen_rate(tmp_path):
+    study = load_study(study_file(tmp_path, text=TUNED), layer_sizes=layer_sizes)
+    assert len(study.trials) == 2 * 3 * 3 + 3 + 2 * 3  # MoRe x rates x seeds, LoRA's one rate, two references
+    assert study.tuning_seed == 1 and study.learning_rates == "validation"
+    search = study.search()
+    more = [t for t in search if t.adapter and t.adapter.method == "more"]
+    assert {t.seed for t in more} == {1} and len(more) == 6  # two arms, three rates, the tuning seed only
+    assert len(search) == 6 + 3 + 6  # an arm with one rate (LoRA, the references) runs every seed at once
+    chosen = {("minilm", "commonsenseqa", "more(blk_r=1,nblocks=4)"): 3e-3}
+    later = study.at_rates(chosen)
+    blk_r1 = [t for t in later if t.arm == "more(blk_r=1,nblocks=4)"]
+    assert sorted(t.seed for t in blk_r1) == [1, 2, 3] and {t.lr for t in blk_r1} == {3e-3}
+    assert not any(t.arm == "more(blk_r=4,nblocks=4)" for t in later)  # no rate chosen: its seeds wait
+    assert {t.id for t in search if not study.tuned(t)} <= {t.id for t in later}
+
+
+def test_learning_rates_takes_validation_or_reference_only(tmp_path):
+    study = load_study(study_file(tmp_path, text=TUNED), profile="quick", layer_sizes=layer_sizes)
+    assert study.learning_rates == "reference" and {t.seed for t in study.trials} == {0}
+    with pytest.raises(StudyError, match=r"profiles.quick.learning_rates: unknown value 'test'; write validation"):
+        load_study(study_file(tmp_path, text=TUNED.replace("learning_rates: reference", "learning_rates: test")),
+                   profile="quick", layer_sizes=layer_sizes)
