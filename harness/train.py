@@ -29,7 +29,7 @@ from dataclasses import asdict
 import torch
 
 from . import metrics as M
-from .calibrate import fit_head, head_inputs, head_of
+from .calibrate import L2_GRID, fit_head_on_validation, head_inputs, head_of
 from .measure import memory
 from .measure.params import parameter_rows
 from .measure.records import Measurement, not_measured
@@ -81,17 +81,24 @@ def optimizer_groups(model, config: TrialConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def calibrate_head(task, scoring, model, config: TrialConfig) -> list[dict]:
-    """The calibrated untouched model: the head fitted on the frozen model's train-split outputs."""
+def calibrate_head(task, scoring, model, config: TrialConfig, validation) -> list[dict]:
+    """The calibrated untouched model: the head fitted on the frozen model's train-split outputs, its L2 penalty
+    chosen on the validation split (harness.calibrate)."""
     try:
         head = head_of(model)
     except ValueError:
         return [row("calibrated_train_loss", math.nan, "nats", note="no head to fit: the untouched model")]
-    train = task.train(seed=config.seed, limit=config.train_examples)
-    inputs = head_inputs(model, lambda: scoring.evaluate(model, train, config.batch))
-    labels = torch.tensor([e.label for e in train], dtype=torch.float if task.kind == "regression" else torch.long)
-    loss = fit_head(head, inputs, labels.to(inputs[0][0].device), regression=task.kind == "regression")
-    return [row("calibrated_train_loss", loss, "nats")]
+    regression = task.kind == "regression"
+
+    def cached(examples) -> tuple:
+        inputs = head_inputs(model, lambda: scoring.evaluate(model, examples, config.batch))
+        labels = torch.tensor([e.label for e in examples], dtype=torch.float if regression else torch.long)
+        return inputs, labels.to(inputs[0][0].device)
+
+    fit = fit_head_on_validation(head, cached(task.train(seed=config.seed, limit=config.train_examples)),
+                                 cached(validation), regression)
+    return [row("calibrated_train_loss", fit["train_loss"], "nats"),
+            row("calibrated_l2", fit["l2"], "", note="chosen on validation from " + ", ".join(map(str, L2_GRID)))]
 
 
 def fine_tune(config: TrialConfig) -> tuple[list[dict], dict, list[dict]]:
@@ -113,7 +120,7 @@ def fine_tune(config: TrialConfig) -> tuple[list[dict], dict, list[dict]]:
 
     rows += evaluate(task, scoring, model, validation, batch_size, "validation", step=0)[0]
     if config.calibrate:
-        rows += calibrate_head(task, scoring, model, config)
+        rows += calibrate_head(task, scoring, model, config, validation)
         steps = 0
     else:
         rows += train_steps(task, scoring, model, config, validation, baseline_rss)

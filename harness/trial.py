@@ -31,6 +31,9 @@ from .tasks import TASKS
 
 # Part of every trial id: bump when what a config means changes, so that old results are not reused.
 TRIAL_PROTOCOL = 3
+# Part of a calibrated reference's id besides TRIAL_PROTOCOL: bumped when only the head's fit changes (2: an L2
+# penalty chosen on validation), so that those trials alone run again.
+CALIBRATION_PROTOCOL = 2
 KINDS = ("train", "measure", "interleaved")
 MEASUREMENTS = ("params", "flops", "memory", "time")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -114,7 +117,8 @@ class TrialConfig:
 
     @property
     def id(self) -> str:
-        canonical = json.dumps({"protocol": TRIAL_PROTOCOL, **self.to_json()}, sort_keys=True)
+        versions = {"protocol": TRIAL_PROTOCOL} | ({"calibration": CALIBRATION_PROTOCOL} if self.calibrate else {})
+        canonical = json.dumps({**versions, **self.to_json()}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     def to_json(self) -> dict:
