@@ -15,12 +15,12 @@ import yaml
 from . import analysis
 from .adapters import AdapterSpec, known_methods, parse_adapter
 from .executors import make_executor
-from .layers import layer_sizes
+from .layers import AdapterBuildError, adapter_params
 from .measure.records import Measurement
 from .models import MODELS
 from .run_trial import run_trial
 from .runner import run_study, select
-from .spec import STUDIES_DIR, Study, load_study, rate_key, study_path
+from .spec import STUDIES_DIR, Study, load_study, rate_key, study_parameter_plan, study_path
 from .store import REFERENCE_DIR, Store, final_values, load
 from .tasks import TASKS
 from .trial import FIELD_TYPES, TrialConfig
@@ -84,28 +84,55 @@ def default_profile(study: str) -> str:
     return "quick" if "quick" in profiles else "cpu"
 
 
+def _params_cell(model: str, target_modules, spec) -> str:
+    try:
+        return f"{adapter_params(model, target_modules, spec):,}" if spec else "0"
+    except AdapterBuildError:
+        return "cannot build"
+
+
 def dry_run_table(trials: list[TrialConfig]) -> str:
     lines = [f"{'trial_id':<16}  {'model':<20} {'task':<10} {'adapter':<30} {'seq x batch':>11} {'lr':>8} {'seed':>4} "
-             f"{'trainable (closed form)':>24}"]
+             f"{'adapter params (meta)':>24}"]
     for t in trials:
         spec = t.adapter
-        count = spec.closed_form_params(layer_sizes(t.model, t.target_modules)) if spec else 0
+        count = _params_cell(t.model, t.target_modules, spec)
         label = t.arm if t.kind == "train" else (spec.label if spec else "none")
         shape = f"{t.seq_len} x {t.batch}"
         lines.append(f"{t.id:<16}  {t.model:<20} {str(t.task or '-'):<10} {label:<30} {shape:>11} {str(t.lr):>8} "
-                     f"{t.seed:>4} {('-' if count is None else f'{count:,}'):>24}")
+                     f"{t.seed:>4} {count:>24}")
+    return "\n".join(lines)
+
+
+def parameter_plan_table(study: Study) -> str:
+    """Per model, each entry's configuration and its adapter parameters (on the meta device), beside the
+    configuration a `match` entry was matched to; "own size" where the entry sets no knob."""
+    lines = []
+    for model, plan in study_parameter_plan(study).items():
+        rows = [("entry", "method", "label", "knob", "params", "matched to", "params")]
+        for m in plan:
+            matched = (m.anchor.label, f"{m.anchor_params:,}") if m.anchor else ("-", "")
+            rows.append((f"adapters[{m.entry}]", m.spec.method, study.raw["adapters"][m.entry].get("label") or "",
+                         ",".join(f"{k}={v}" for k, v in m.knob.items()) or "own size",
+                         "cannot build" if m.params is None else f"{m.params:,}", *matched))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        lines.append(f"parameters on {model} (adapter parameters of the PEFT model built on the meta device):")
+        for row, m in zip(rows, [None] + plan):
+            cells = [c.rjust(w) if i in (4, 6) else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))]
+            lines.append(("  " + "  ".join(cells)).rstrip() + (f"  ({m.error})" if m and m.error else ""))
     return "\n".join(lines)
 
 
 def cmd_run(args) -> int:
     profile = args.profile or default_profile(args.study)
-    study = load_study(args.study, profile=profile, layer_sizes=layer_sizes)
+    study = load_study(args.study, profile=profile)
     if study.learning_rates == "reference":
         first = study.at_rates(reference_rates(study, profile))
     else:
         first = study.search()
     if args.dry_run:
         print(f"study {study.name} ({study.path}), profile {profile}: {len(select(first, args.only))} trials")
+        print(parameter_plan_table(study))
         print(dry_run_table(select(first, args.only)))
         later = len(study.trials) - len(first)
         if study.learning_rates == "validation" and later:

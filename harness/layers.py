@@ -1,5 +1,7 @@
-"""The (in, out) sizes of the layers a study adapts, read off the model's config on the meta device:
-no weights are loaded, so planning a study (parameter matching, dry runs) costs seconds."""
+"""What a study plans with, read off the model's config on the meta device: the (in, out) sizes of the layers it
+adapts, and an adapter's trainable parameters, counted on the real PEFT model built there (the same
+`apply_adapter` and `parameter_counts` a trial uses). No weights are loaded, so planning a study (parameter
+matching, dry runs) costs seconds."""
 from __future__ import annotations
 
 import functools
@@ -11,8 +13,11 @@ from torch import nn
 
 from more.layer import linear_dims
 
+from .adapters import AdapterSpec
+from .measure.params import parameter_counts
+from .measure.records import value_of
 from .models import PAPER_SUFFIX, build_paper_scale, model_source, origin_of
-from .prepare import default_targets
+from .prepare import apply_adapter, default_targets
 
 
 def _config_model(name: str) -> nn.Module:
@@ -51,3 +56,28 @@ def layer_sizes(model_name: str, target_modules=None) -> list[tuple[int, int]]:
     """(in_features, out_features) of each layer the adapter goes on; `None`: the default targets."""
     key = tuple(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
     return list(_target_layer_sizes(model_name, key))
+
+
+class AdapterBuildError(ValueError):
+    """An adapter that PEFT cannot put on this model (an unsupported layer, a size that does not divide, ...)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _count_adapter_params(name: str, targets: tuple | str | None, spec_text: str) -> tuple[int | None, str]:
+    """(count, "") or (None, why it cannot be built): failures are cached too, so a plan asks PEFT once."""
+    try:
+        model = apply_adapter(_config_model(name), AdapterSpec.parse(spec_text), "base", targets)
+    except Exception as err:  # noqa: BLE001 - whatever PEFT raises is the reason the plan reports
+        return None, f"{type(err).__name__}: {err}"
+    return int(value_of(parameter_counts(model), "adapter_params")), ""
+
+
+def adapter_params(model_name: str, target_modules, spec: AdapterSpec) -> int:
+    """The adapter's trainable parameters on this model's target layers (`None`: the default targets), as a trial
+    counts them (`adapter_params`; a new head is not included), from the model built on the meta device.
+    Raises AdapterBuildError, with PEFT's reason, when the adapter cannot be built on the model."""
+    key = tuple(target_modules) if isinstance(target_modules, (list, tuple)) else target_modules
+    count, reason = _count_adapter_params(model_name, key, spec.text)
+    if count is None:
+        raise AdapterBuildError(f"{spec.label} cannot be built on {model_name}: {reason}")
+    return count

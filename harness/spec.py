@@ -2,9 +2,11 @@
 
 A study file declares models, tasks, adapters with the axes each sweeps, target modules, learning
 rates and seeds, the training budget per named profile, and which measurements to take. Axes
-expand as a Cartesian product; `zip` groups expand together; `where` filters drop points. A LoRA
-entry with `match: more` keeps, for each MoRe configuration, only the rank whose trainable-parameter
-count is nearest (closed forms on the model's real layer sizes, before anything runs).
+expand as a Cartesian product; `zip` groups expand together; `where` filters drop points. An entry
+with `match: more` (any method, with axes over its size knob: LoRA's r, VeRA's r, BOFT's boft_block_size,
+FourierFT's n_frequency, ...) keeps, for each MoRe configuration, only the knob value whose trainable-parameter
+count is nearest, each count taken on the PEFT model built on the meta device (harness.layers), before
+anything runs. An entry without `match` runs at the size its own fields give.
 
 Each grid point becomes a `TrialConfig` (harness.trial): a study with tasks trains, one without
 measures. An arm with several learning rates is tuned in two stages (`Study.search`, then `Study.at_rates`):
@@ -27,6 +29,7 @@ import yaml
 
 from .adapters import NO_ADAPTER, make_adapter
 from .hints import did_you_mean
+from .layers import AdapterBuildError, adapter_params
 from .trial import FIELD_TYPES, TrialConfig, TrialConfigError, check_model, check_task, check_value
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
@@ -182,9 +185,8 @@ def _expand_axes(path, where: str, axes: dict, zipped: dict) -> list[dict]:
     return [{**p, **z} for p in product for z in zip_points]
 
 
-def load_study(name_or_path: str, profile: str = "cpu", layer_sizes=None) -> Study:
-    """Parse, validate and expand a study. `layer_sizes(model, target_modules)` gives the (in, out) sizes of
-    the adapted layers, for parameter matching and the dry-run's closed-form counts."""
+def load_study(name_or_path: str, profile: str = "cpu") -> Study:
+    """Parse, validate and expand a study."""
     path = study_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -222,7 +224,7 @@ def load_study(name_or_path: str, profile: str = "cpu", layer_sizes=None) -> Stu
     trials = []
     for model, task, shape, seed in itertools.product(raw["models"], tasks, shapes, seeds):
         points = [{"adapter": adapter, "lr": lr, "label": label}
-                  for adapter, lr, label in _match_params(path, adapter_points, model, raw.get("target_modules"), layer_sizes)]
+                  for adapter, lr, label in _match_params(path, adapter_points, model, raw.get("target_modules"))]
         for point in points + (REFERENCE_ARMS if task else []):
             given = {**study_level, **budget, **shape, **point}
             trials.append(_trial(path, f"profiles.{profile}", kind="train" if task else "measure", model=model, task=task,
@@ -285,32 +287,88 @@ def _adapter_points(path, entries) -> list[dict]:
             except ValueError as err:
                 raise StudyError(path, f"{where}.axes", str(err)) from None
             for lr in entry.get("lr", [None]):
-                points.append({"spec": spec, "point": point, "method": method, "lr": lr,
+                points.append({"spec": spec, "point": point, "method": method, "lr": lr, "entry": i,
                                "label": entry.get("label"), "match": entry.get("match")})
     return points
 
 
-def _match_params(path, points, model, targets, layer_sizes):
-    """Resolves `match` entries: for each point of the matched method, the candidate nearest in parameters."""
-    resolved = [(p["spec"], p["lr"], p["label"]) for p in points if not p["match"]]
-    matched = [p for p in points if p["match"]]
-    if not matched:
-        return resolved
-    if layer_sizes is None:
-        raise StudyError(path, "adapters.match", "parameter matching needs the model's layer sizes")
-    sizes = layer_sizes(model, targets)
-    for source in {p["match"] for p in matched}:
-        anchors = [p for p in points if p["method"] == source and not p["match"]]
-        if not anchors:
-            raise StudyError(path, "adapters.match", f"nothing to match: no unmatched {source!r} entry")
-        candidates = [p for p in matched if p["match"] == source]
-        chosen = []
+@dataclass(frozen=True)
+class Match:
+    """One row of a study's parameter plan: an entry's configuration and its trainable count on the model, and,
+    for a `match` entry, the configuration it was matched to and that one's count. `error`: why PEFT cannot
+    build it on the model (its count is then None; the trial runs and fails with that reason)."""
+    entry: int
+    spec: AdapterSpec
+    knob: dict  # the entry's axes at this point; empty: the method's own size
+    params: int | None
+    anchor: AdapterSpec | None = None
+    anchor_params: int | None = None
+    error: str = ""
+
+
+def _counted(model, targets, spec) -> tuple[int | None, str]:
+    try:
+        return adapter_params(model, targets, spec), ""
+    except AdapterBuildError as err:
+        return None, str(err)
+
+
+def _distinct(points) -> list[dict]:
+    """One point per configuration (an entry lists each of its configurations once per learning rate)."""
+    seen, out = set(), []
+    for p in points:
+        if p["spec"].text not in seen:
+            seen.add(p["spec"].text)
+            out.append(p)
+    return out
+
+
+def parameter_plan(path, points, model, targets) -> list[Match]:
+    """Every configuration the study runs on `model`, with its trainable count; a `match` entry keeps, per
+    configuration of the method it names, the candidate nearest in that count (ties: the smaller knob values).
+    A candidate PEFT cannot build is never chosen; when none can be built the entry keeps its first, so that
+    its trial records the failure."""
+    plan = [Match(p["entry"], p["spec"], p["point"], *_counted(model, targets, p["spec"]))
+            for p in _distinct(p for p in points if not p["match"])]
+    unmatched = list(plan)
+    for entry in sorted({p["entry"] for p in points if p["match"]}):
+        candidates = _distinct(p for p in points if p["entry"] == entry)
+        where, source = f"adapters[{entry}]", candidates[0]["match"]
+        method = candidates[0]["method"]
+        if not candidates[0]["point"]:
+            raise StudyError(path, f"{where}.match", f"matching chooses a value of {method}'s size knob: give its axes "
+                             f"(e.g. axes: {{r: [1, 2, 4, 8]}}), or drop match to run {method} at its own size")
+        if not any(m.spec.method == source for m in unmatched):
+            raise StudyError(path, f"{where}.match", f"nothing to match: no unmatched {source!r} entry")
+        counted = [(c, *_counted(model, targets, c["spec"])) for c in candidates]
+        built = [(c, n) for c, n, _ in counted if n is not None]
+        if len({n for _, n in built}) == 1 and len(built) > 1:
+            raise StudyError(path, f"{where}.axes", f"its axes ({', '.join(candidates[0]['point'])}) do not change {method}'s "
+                             f"trainable parameters on {model} ({built[0][1]:,} at every point): not a size knob")
+        anchors = [m for m in unmatched if m.spec.method == source and m.params is not None]
+        if not built or not anchors:
+            first, _, error = counted[0]
+            plan.append(Match(entry, first["spec"], first["point"], None,
+                              error=error or f"no {source} configuration can be built on {model} to match"))
+            continue
         for anchor in anchors:
-            target = anchor["spec"].closed_form_params(sizes)
-            nearest = min(candidates, key=lambda c: (abs(c["spec"].closed_form_params(sizes) - target),
-                                                     sorted(c["point"].items())))
-            for c in candidates:  # every learning rate of the nearest configuration
-                if c["spec"] == nearest["spec"] and c not in chosen:
-                    chosen.append(c)
-        resolved += [(c["spec"], c["lr"], c["label"]) for c in chosen]
-    return resolved
+            nearest, count = min(built, key=lambda cn: (abs(cn[1] - anchor.params), sorted(cn[0]["point"].items())))
+            plan.append(Match(entry, nearest["spec"], nearest["point"], count, anchor.spec, anchor.params))
+    return sorted(plan, key=lambda m: m.entry)
+
+
+def _match_params(path, points, model, targets):
+    """Resolves `match` entries (parameter_plan): every learning rate of each configuration kept."""
+    resolved = [(p["spec"], p["lr"], p["label"]) for p in points if not p["match"]]
+    if not any(p["match"] for p in points):
+        return resolved
+    kept = {(m.entry, m.spec.text) for m in parameter_plan(path, points, model, targets)}
+    return resolved + [(p["spec"], p["lr"], p["label"]) for p in points
+                       if p["match"] and (p["entry"], p["spec"].text) in kept]
+
+
+def study_parameter_plan(study: Study) -> dict[str, list[Match]]:
+    """Each model's parameter plan for a loaded study (what `run --dry-run` prints); counts are cached."""
+    points = _adapter_points(study.path, study.raw["adapters"])
+    return {model: parameter_plan(study.path, points, model, study.raw.get("target_modules"))
+            for model in study.raw["models"]}

@@ -3,7 +3,6 @@ import pandas as pd
 import pytest
 
 from harness.analysis import chosen_rates
-from harness.layers import layer_sizes
 from harness.spec import load_study
 from harness.store import REFERENCE_DIR, Store, final_values, load
 
@@ -18,7 +17,7 @@ def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
     """A rerun on the CPU profile finds every trial done: no record is orphaned by a change of trial id."""
     if not (REFERENCE_DIR / study / "trials.csv").exists():
         pytest.skip(f"no shipped results for {study}")
-    plan = load_study(study, "cpu", layer_sizes=layer_sizes)
+    plan = load_study(study, "cpu")
     chosen = chosen_rates(study, REFERENCE_DIR)  # the search's choice on validation, then the seeds at it
     planned = {t.id for t in plan.search() + plan.at_rates(chosen)}
     assert Store(study, REFERENCE_DIR).status() == dict.fromkeys(planned, "ok")

@@ -48,7 +48,7 @@ def run_cli(*args, timeout=600, **kwargs):
 
 
 def test_study_runs_and_writes_tidy_results(tmp_path):
-    study = load_study(str(write_study(tmp_path)), layer_sizes=layer_sizes)
+    study = load_study(str(write_study(tmp_path)))
     store = Store(study.name, tmp_path / "results")
     counts = run_study(study, study.trials, LocalExecutor(), store, log=lambda *_: None)
     assert counts == {"ok": 3, "failed": 0}
@@ -82,7 +82,7 @@ profiles:
     memory_limit_gb: 4
     shapes: [{seq_len: 16, batch: 2}, {seq_len: 512, batch: 2048}]
 """
-    study = load_study(str(write_study(tmp_path, "failing", text=text)), layer_sizes=layer_sizes)
+    study = load_study(str(write_study(tmp_path, "failing", text=text)))
     store = Store(study.name, tmp_path / "results")
     counts = run_study(study, study.trials, LocalExecutor(jobs=2), store, log=lambda *_: None)
     records = {(r["config"]["adapter_params"]["nblocks"], r["config"]["batch"]): r for r in store.records().values()}
@@ -94,8 +94,22 @@ profiles:
     assert records[(4, 2048)]["error_type"] == "OutOfMemory"
 
 
+def test_a_peft_method_that_cannot_be_built_on_the_model_is_a_failed_trial_with_peft_reason(tmp_path):
+    text = SMALL.format(name="unbuildable", extra="").replace(
+        "  - method: more\n    axes: {nblocks: [2, 4], blk_r: [2]}\n", "  - method: c3a\n    axes: {block_size: [100]}\n")
+    study = load_study(str(write_study(tmp_path, "unbuildable", text=text)))
+    store = Store(study.name, tmp_path / "results")
+    counts = run_study(study, study.trials, LocalExecutor(), store, log=lambda *_: None)
+    assert counts == {"ok": 1, "failed": 1}  # LoRA still ran
+    records = {r["config"]["adapter"]: r for r in store.records().values()}
+    assert records["lora"]["status"] == "ok"
+    c3a = records["c3a"]
+    assert c3a["status"] == "failed" and c3a["error_type"] == "ValueError"
+    assert "block size should be a factor of the input size" in c3a["error"]
+
+
 def test_timeout_is_recorded(tmp_path):
-    study = load_study(str(write_study(tmp_path, "slow", extra=", timeout_s: 1")), layer_sizes=layer_sizes)
+    study = load_study(str(write_study(tmp_path, "slow", extra=", timeout_s: 1")))
     store = Store(study.name, tmp_path / "results")
     run_study(study, study.trials[:1], LocalExecutor(), store, log=lambda *_: None)
     (record,) = store.records().values()
@@ -143,7 +157,7 @@ def test_fresh_moves_old_results_aside_and_resume_skips_finished(tmp_path):
 
 def test_ray_executor_gives_the_local_results(tmp_path):
     ray = pytest.importorskip("ray")
-    study = load_study(str(write_study(tmp_path, "viaray")), layer_sizes=layer_sizes)
+    study = load_study(str(write_study(tmp_path, "viaray")))
     local, remote = Store("local", tmp_path / "a"), Store("remote", tmp_path / "b")
     run_study(study, study.trials, LocalExecutor(), local, log=lambda *_: None)
     run_study(study, study.trials, RayExecutor(num_cpus=2), remote, log=lambda *_: None)
@@ -156,7 +170,7 @@ def test_ray_executor_gives_the_local_results(tmp_path):
 
 
 def test_only_selects_by_config_or_adapter_parameter(tmp_path):
-    study = load_study(str(write_study(tmp_path)), layer_sizes=layer_sizes)
+    study = load_study(str(write_study(tmp_path)))
     assert len(select(study.trials, ["adapter=more"])) == 2
     assert len(select(study.trials, ["adapter=more", "nblocks=4"])) == 1
     with pytest.raises(ValueError, match="key=value"):
@@ -196,7 +210,7 @@ adapters:
   - {method: more, axes: {nblocks: [4], blk_r: [1, 4]}, lr: [1.0e-3, 1.0e-2]}
   - {method: lora, axes: {r: [1, 4]}, lr: [1.0e-3, 1.0e-2]}
 """)
-    study = load_study(str(path), layer_sizes=layer_sizes)
+    study = load_study(str(path))
     order = [t.arm for t in interleave(study.trials)]
     assert sorted(order) == sorted(t.arm for t in study.trials)
     assert order[:4] == ["more(blk_r=1,nblocks=4)", "lora(lora_alpha=2,r=1)", "head only", "calibrated"]

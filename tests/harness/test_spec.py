@@ -4,7 +4,6 @@ import dataclasses
 import pytest
 
 from harness.adapters import AdapterSpec
-from harness.layers import layer_sizes
 from harness.spec import StudyError, load_study
 
 BASE = """
@@ -25,7 +24,7 @@ def study_file(tmp_path, adapters: str = "", text: str | None = None, name="grid
 
 
 def expand(tmp_path, adapters, profile="cpu"):
-    return load_study(study_file(tmp_path, adapters), profile=profile, layer_sizes=layer_sizes).trials
+    return load_study(study_file(tmp_path, adapters), profile=profile).trials
 
 
 def params_of(trials, method):
@@ -80,6 +79,36 @@ def test_parameter_matching_picks_the_nearest_lora(tmp_path):
     assert [p["r"] for p in params_of(trials, "lora")] == [2]  # 3 is as near to 2 as to 4: the smaller wins
 
 
+def test_every_method_is_matched_on_its_own_knob_by_its_count_on_the_meta_device(tmp_path):
+    trials = expand(tmp_path, """
+  - method: more
+    axes: {nblocks: [4], blk_r: [1, 4]}
+  - method: vera
+    match: more
+    axes: {r: [256, 384, 1024, 2688]}
+  - method: oft
+    match: more
+    axes: {oft_block_size: [4, 8, 16]}
+  - method: c3a
+    match: more
+    axes: {block_size: [100, 48, 192]}
+  - method: ia3
+""")
+    # VeRA trains 384 + r scales per layer, OFT a skew-symmetric block per block, C3A 384 * 384 / block_size
+    assert sorted(p["r"] for p in params_of(trials, "vera")) == [384, 2688]  # 18 * (384 + r): 13,824, 55,296
+    assert sorted(p["oft_block_size"] for p in params_of(trials, "oft")) == [4, 16]  # 10,368, 51,840
+    assert sorted(p["block_size"] for p in params_of(trials, "c3a")) == [48, 192]  # 100 does not divide 384
+    assert params_of(trials, "ia3") == [{}]  # no knob: its own size
+    trials = expand(tmp_path, """
+  - method: more
+    axes: {nblocks: [4], blk_r: [1]}
+  - method: c3a
+    match: more
+    axes: {block_size: [100, 7]}
+""")
+    assert params_of(trials, "c3a") == [{"block_size": 100}]  # none builds: the first runs, and fails with PEFT's reason
+
+
 def test_trial_ids_are_stable_and_change_with_any_value(tmp_path):
     adapters = "  - method: more\n    axes: {nblocks: [4], blk_r: [2]}\n"
     first, again = expand(tmp_path, adapters)[0], expand(tmp_path, adapters)[0]
@@ -108,6 +137,13 @@ def test_trial_ids_are_stable_and_change_with_any_value(tmp_path):
     (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {step: 3}}\n", r"profiles\.cpu\.step: unknown key\. Did you mean 'steps'"),
     (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora}]\nprofiles: {cpu: {steps: many}}\n", r"profiles\.cpu\.steps: expected int, got str"),
     (None, "name: x\nmodels: [minilm]\nadapters: [{method: lora, match: more, axes: {r: [2]}}]\n", r"nothing to match"),
+    ("  - method: more\n  - method: fourierft\n    match: more\n    axes: {n_frequencies: [768]}\n", None,
+     r"adapters\[1\]\.axes: Adapter 'fourierft' has no parameter 'n_frequencies'\. Did you mean 'n_frequency'\?"),
+    ("  - method: more\n  - method: ia3\n    match: more\n", None,
+     r"adapters\[1\]\.match: matching chooses a value of ia3's size knob: give its axes .* or drop match"),
+    ("  - method: more\n  - method: lora\n    match: more\n    axes: {lora_dropout: [0.0, 0.1]}\n", None,
+     r"adapters\[1\]\.axes: its axes \(lora_dropout\) do not change lora's trainable parameters on minilm "
+     r"\(110,592 at every point\): not a size knob"),
     (None, "name: [x\n", r"file: not valid YAML"),
     (None, "name: x\nmodels: [llama-7b]\nadapters: [{method: lora}]\n", r"models: Unknown model 'llama-7b'.*'llama-7b@paper'"),
     (None, "name: x\nmodels: [minilm]\nmeasure: [param]\nadapters: [{method: lora}]\n",
@@ -121,7 +157,7 @@ def test_trial_ids_are_stable_and_change_with_any_value(tmp_path):
 def test_bad_study_files_are_rejected_naming_file_key_and_reason(tmp_path, adapters, text, match):
     path = study_file(tmp_path, adapters or "", text=text)
     with pytest.raises(StudyError, match=match) as err:
-        load_study(path, layer_sizes=layer_sizes)
+        load_study(path)
     assert str(err.value).startswith(path)
 
 
@@ -133,14 +169,13 @@ def test_unknown_study_name_suggests_a_known_one():
 def test_every_training_study_gets_both_references_per_seed(tmp_path):
     text = BASE.format(adapters="  - method: lora\n    axes: {r: [4]}").replace("models: [minilm]",
                                                                                "models: [minilm]\ntasks: [piqa]")
-    gpu = load_study(study_file(tmp_path, text=text), profile="gpu", layer_sizes=layer_sizes).trials
+    gpu = load_study(study_file(tmp_path, text=text), profile="gpu").trials
     assert sorted((t.arm, t.seed) for t in gpu) == sorted(
         (arm, seed) for arm in ("lora(lora_alpha=8,r=4)", "head only", "calibrated") for seed in (0, 1, 2))
     calibrated = [t for t in gpu if t.calibrate]
     assert all(t.adapter is None and t.kind == "train" for t in calibrated)
     with pytest.raises(StudyError, match="head-only control .* remove this entry"):
-        load_study(study_file(tmp_path, text=text.replace("  - method: lora", "  - method: none\n  - method: lora")),
-                   layer_sizes=layer_sizes)
+        load_study(study_file(tmp_path, text=text.replace("  - method: lora", "  - method: none\n  - method: lora")))
     measure_only = expand(tmp_path, "  - method: lora\n    axes: {r: [4]}")
     assert [t.arm for t in measure_only] == ["lora(lora_alpha=8,r=4)"]  # a study with no task has no references
 
@@ -163,7 +198,7 @@ profiles:
 
 
 def test_search_runs_every_rate_at_the_first_seed_and_at_rates_keeps_the_chosen_rate(tmp_path):
-    study = load_study(study_file(tmp_path, text=TUNED), layer_sizes=layer_sizes)
+    study = load_study(study_file(tmp_path, text=TUNED))
     assert len(study.trials) == 2 * 3 * 3 + 3 + 2 * 3  # MoRe x rates x seeds, LoRA's one rate, two references
     assert study.tuning_seed == 1 and study.learning_rates == "validation"
     search = study.search()
@@ -179,8 +214,8 @@ def test_search_runs_every_rate_at_the_first_seed_and_at_rates_keeps_the_chosen_
 
 
 def test_learning_rates_takes_validation_or_reference_only(tmp_path):
-    study = load_study(study_file(tmp_path, text=TUNED), profile="quick", layer_sizes=layer_sizes)
+    study = load_study(study_file(tmp_path, text=TUNED), profile="quick")
     assert study.learning_rates == "reference" and {t.seed for t in study.trials} == {0}
     with pytest.raises(StudyError, match=r"profiles.quick.learning_rates: unknown value 'test'; write validation"):
         load_study(study_file(tmp_path, text=TUNED.replace("learning_rates: reference", "learning_rates: test")),
-                   profile="quick", layer_sizes=layer_sizes)
+                   profile="quick")
