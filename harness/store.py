@@ -3,7 +3,7 @@
 - records/<trial_id>.json: one JSON record per trial, the source of truth: its id, study, config
   (`TrialConfig.to_json`), finish time and result (`TrialResult.to_json`: status, error, environment
   fingerprint, device, what the trial said about its model, every measurement);
-- trials.csv: one row per trial, config columns plus status;
+- trials.csv: one row per trial, config columns plus status and `jobs` (trials run at a time; empty: unknown);
 - metrics.csv: one row per measurement: trial_id, metric, value, unit, step (empty for a final
   value), scope (a module name, empty for the whole model), note.
 
@@ -55,10 +55,11 @@ def write_atomically(path: Path, text: str, compress: bool = False) -> None:
         raise
 
 
-def record_of(study: str, config: TrialConfig, result: TrialResult) -> dict:
-    """What the store keeps of one trial."""
+def record_of(study: str, config: TrialConfig, result: TrialResult, jobs: int | None = 1) -> dict:
+    """What the store keeps of one trial. `jobs`: how many trials the executor ran at a time (they shared the
+    machine, which a time per step shows); None where the executor does not say (a Ray cluster schedules)."""
     return {"trial_id": config.id, "study": study, "arm": config.arm, "config": config.to_json(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result.to_json()}
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": jobs, **result.to_json()}
 
 
 class Store:
@@ -129,7 +130,7 @@ def trial_row(record: dict) -> dict:
     row.update({
         "error_type": record.get("error_type"), "error": record.get("error"),
         "device": record.get("device"), "git_commit": (record.get("env") or {}).get("git_commit"),
-        "duration_s": record.get("duration_s"),
+        "duration_s": record.get("duration_s"), "jobs": record.get("jobs"),  # None: an older record, unknown
     })
     return row
 
