@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # reading results needs neither torch nor PEFT, which the tri
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # where a study run on this machine writes
 # The results that ship: the reference machine's runs (the machine is named in results/reference/README.md)
 REFERENCE_DIR = RESULTS_DIR / "reference"
+THIS_MACHINE, REFERENCE_MACHINE = "this machine", "reference machine (2-core CPU)"  # whose results, in figures
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
 # The two reference arms of a training study (TrialConfig.arm), named here so that reading results needs no torch
 HEAD_ONLY, CALIBRATED = "head only", "calibrated"
@@ -153,6 +154,17 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
 def final_values(frame: pd.DataFrame) -> pd.DataFrame:
     """Each trial's final whole-model measurements: the rows with no step and no module scope."""
     return frame[(frame["scope"].fillna("") == "") & frame["step"].isna()]
+
+
+def machine_of(results_dir: Path | str | None = None) -> str:
+    """Whose results a results folder holds: the reference machine's (results/reference/) or this machine's."""
+    is_reference = Path(results_dir or RESULTS_DIR).resolve() == REFERENCE_DIR.resolve()
+    return REFERENCE_MACHINE if is_reference else THIS_MACHINE
+
+
+def reference_beside(results_dir: Path | str | None = None) -> Path | None:
+    """The reference machine's results to show beside those under `results_dir`; None when they are its own."""
+    return None if machine_of(results_dir) == REFERENCE_MACHINE else REFERENCE_DIR
 
 
 def load(study: str, results_dir: Path | str | None = None) -> pd.DataFrame:
