@@ -48,9 +48,13 @@ study-efficiency: setup
 	$(HARNESS) run efficiency $(STUDY_FLAGS)
 	$(HARNESS) figures efficiency
 
+# The reference machine's figures (results/reference/), then those of every study run here (results/<study>/),
+# with the reference machine's points beside this machine's.
 figures: setup
-	$(HARNESS) figures rank_ablation block_ablation efficiency
+	$(HARNESS) figures --results-dir results/reference
+	$(HARNESS) figures
 
+# The paper's figures (results/paper/figures/), with our results beside them: the reference machine's and this one's.
 paper-figures: setup
 	$(HARNESS) figures --paper
 

@@ -93,7 +93,7 @@ def run_study(study: Study, trials: list[TrialConfig], executor, store: Store, r
     bar = tqdm(total=len(work.todo), unit="trial", dynamic_ncols=True, disable=not work.todo)
 
     def on_result(trial: TrialConfig, result: TrialResult) -> None:
-        store.write(record_of(study.name, trial, result))
+        store.write(record_of(study.name, trial, result, getattr(executor, "jobs", None)))
         counts[result.status] += 1
         bar.update(1)
         bar.set_postfix(ok=counts["ok"], failed=counts["failed"], remaining=len(work.todo) - sum(counts.values()))

@@ -3,7 +3,7 @@
 - records/<trial_id>.json: one JSON record per trial, the source of truth: its id, study, config
   (`TrialConfig.to_json`), finish time and result (`TrialResult.to_json`: status, error, environment
   fingerprint, device, what the trial said about its model, every measurement);
-- trials.csv: one row per trial, config columns plus status;
+- trials.csv: one row per trial, config columns plus status and `jobs` (trials run at a time; empty: unknown);
 - metrics.csv: one row per measurement: trial_id, metric, value, unit, step (empty for a final
   value), scope (a module name, empty for the whole model), note.
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # reading results needs neither torch nor PEFT, which the tri
 RESULTS_DIR = Path(__file__).resolve().parents[1] / "results"  # where a study run on this machine writes
 # The results that ship: the reference machine's runs (the machine is named in results/reference/README.md)
 REFERENCE_DIR = RESULTS_DIR / "reference"
+THIS_MACHINE, REFERENCE_MACHINE = "this machine", "reference machine (2-core CPU)"  # whose results, in figures
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
 # The two reference arms of a training study (TrialConfig.arm), named here so that reading results needs no torch
 HEAD_ONLY, CALIBRATED = "head only", "calibrated"
@@ -55,10 +56,11 @@ def write_atomically(path: Path, text: str, compress: bool = False) -> None:
         raise
 
 
-def record_of(study: str, config: TrialConfig, result: TrialResult) -> dict:
-    """What the store keeps of one trial."""
+def record_of(study: str, config: TrialConfig, result: TrialResult, jobs: int | None = 1) -> dict:
+    """What the store keeps of one trial. `jobs`: how many trials the executor ran at a time (they shared the
+    machine, which a time per step shows); None where the executor does not say (a Ray cluster schedules)."""
     return {"trial_id": config.id, "study": study, "arm": config.arm, "config": config.to_json(),
-            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **result.to_json()}
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "jobs": jobs, **result.to_json()}
 
 
 class Store:
@@ -129,7 +131,7 @@ def trial_row(record: dict) -> dict:
     row.update({
         "error_type": record.get("error_type"), "error": record.get("error"),
         "device": record.get("device"), "git_commit": (record.get("env") or {}).get("git_commit"),
-        "duration_s": record.get("duration_s"),
+        "duration_s": record.get("duration_s"), "jobs": record.get("jobs"),  # None: an older record, unknown
     })
     return row
 
@@ -152,6 +154,17 @@ def metrics_frame(records: list[dict]) -> pd.DataFrame:
 def final_values(frame: pd.DataFrame) -> pd.DataFrame:
     """Each trial's final whole-model measurements: the rows with no step and no module scope."""
     return frame[(frame["scope"].fillna("") == "") & frame["step"].isna()]
+
+
+def machine_of(results_dir: Path | str | None = None) -> str:
+    """Whose results a results folder holds: the reference machine's (results/reference/) or this machine's."""
+    is_reference = Path(results_dir or RESULTS_DIR).resolve() == REFERENCE_DIR.resolve()
+    return REFERENCE_MACHINE if is_reference else THIS_MACHINE
+
+
+def reference_beside(results_dir: Path | str | None = None) -> Path | None:
+    """The reference machine's results to show beside those under `results_dir`; None when they are its own."""
+    return None if machine_of(results_dir) == REFERENCE_MACHINE else REFERENCE_DIR
 
 
 def load(study: str, results_dir: Path | str | None = None) -> pd.DataFrame:

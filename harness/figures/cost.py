@@ -1,5 +1,6 @@
 """Cost panels: one figure per cost (trainable parameters, FLOPs, peak memory, step time), bars per adapter
-configuration, faceted by model (rows) and sequence length (columns)."""
+configuration and source (this machine's, the reference machine's hatched beside them), faceted by model (rows)
+and sequence length (columns)."""
 from __future__ import annotations
 
 import textwrap
@@ -10,9 +11,9 @@ import numpy as np
 import pandas as pd
 from matplotlib.ticker import EngFormatter, MaxNLocator
 
-from .style import STYLE, finish, series_colours, styled
-from .tables import (RESULT_COLUMNS, NothingToDraw, config_label, cost_metric, describe_ours, fmt, notes_of, ok_only,
-                     per_trial, require, row_series)
+from .style import SOURCE_BAR_LOOKS, STYLE, finish, series_colours, styled
+from .tables import (RESULT_COLUMNS, NothingToDraw, config_label, cost_metric, describe_ours, describe_sharing, fmt,
+                     notes_of, ok_only, per_trial, require, row_series, sources)
 
 
 @styled
@@ -45,38 +46,47 @@ def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Pa
     seq_lens = sorted(table["seq_len"].dropna().unique()) or [np.nan]
     configs = sorted(table["config"].unique(), key=lambda c: (c.split(" ")[0], len(c), c))
     colours = series_colours(table["series"])
-    height = 0.55 + 0.16 * len(configs)
+    order = list(dict.fromkeys(sources(table)))
+    height = 0.55 + (0.16 + 0.08 * (len(order) - 1)) * len(configs)
     fig, axes = plt.subplots(len(models), len(seq_lens), figsize=(min(7.0, 1.3 + 2.1 * len(seq_lens)),
                              0.3 + height * len(models)), layout="constrained", squeeze=False, sharey=True)
     for i, model in enumerate(models):
         for j, seq_len in enumerate(seq_lens):
             facet = table[(table["model"] == model) & ((table["seq_len"] == seq_len) | pd.isna(seq_len))]
-            draw_cost_facet(axes[i][j], facet, metric, scale, configs, colours, results)
+            draw_cost_facet(axes[i][j], facet, metric, scale, configs, colours, results, order)
             title = f"{model}" + (f" · seq_len {fmt(seq_len)}" if pd.notna(seq_len) else "")
             axes[i][j].set_title(title)
     fig.supxlabel(label, fontsize=STYLE["axes.labelsize"])  # one label: per-facet ones collide
     axes[0][0].invert_yaxis()  # shared by every facet: the first configuration on top
-    captions = [describe_ours(results), "k = nblocks, b = blk_sz, r = blk_r (MoRe) or rank (LoRA)"]
+    captions = [*describe_ours(results), "k = nblocks, b = blk_sz, r = blk_r (MoRe) or rank (LoRA)"]
+    if len(order) > 1:  # a caption line, not a legend: a legend under the facets would cover their shared x label
+        captions.append(f"bars: {order[0]} solid, {order[1]} hatched and fainter beneath")
     if f"{metric}_iqr" in table and table[f"{metric}_iqr"].notna().any():
         captions.append("bars: median; whiskers: interquartile range of the repeats")
+    if metric == "time_step_s":
+        captions.append(describe_sharing(results))
     if metric == "time_step_s" and notes_of(results, metric).startswith("mean"):
         captions.append("training trials: mean step time over the run")
     return finish(fig, list(axes.flat), f"Cost: {label.split(' (')[0]}", captions, out_dir, name)
 
 
-def draw_cost_facet(ax, facet, metric, scale, configs, colours, results) -> None:
-    values = facet.groupby("config")[metric].median().reindex(configs) * scale
-    iqr = facet.groupby("config")[f"{metric}_iqr"].median().reindex(configs) * scale
+def draw_cost_facet(ax, facet, metric, scale, configs, colours, results, order) -> None:
+    """A bar per configuration and source (in `order`), side by side."""
     series = facet.groupby("config")["series"].first().reindex(configs)
-    positions = np.arange(len(configs))
     bar_colours = [colours.get(s, "0.6") for s in series]
-    ax.barh(positions, values.fillna(0), xerr=iqr.fillna(0) if iqr.notna().any() else None,
-            color=bar_colours, error_kw={"elinewidth": 0.8, "capsize": 1.5})
-    ax.set_yticks(positions, configs)
+    height = 0.8 / len(order)
+    for i, source in enumerate(order):
+        part = facet[sources(facet) == source]
+        values = part.groupby("config")[metric].median().reindex(configs) * scale
+        iqr = part.groupby("config")[f"{metric}_iqr"].median().reindex(configs) * scale
+        positions = np.arange(len(configs)) + (i - (len(order) - 1) / 2) * height
+        ax.barh(positions, values.fillna(0), height=height, xerr=iqr.fillna(0) if iqr.notna().any() else None,
+                color=bar_colours, error_kw={"elinewidth": 0.8, "capsize": 1.5}, **SOURCE_BAR_LOOKS[i])
+    ax.set_yticks(np.arange(len(configs)), configs)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     if scale == 1.0:
         ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-    if values.isna().all():
+    if facet[metric].isna().all():
         model_rows = results[results["model"].isin(facet["model"].unique())]
         note = notes_of(model_rows, metric) or "not measured"
         ax.text(0.5, 0.5, textwrap.fill(note, 28), transform=ax.transAxes, ha="center", va="center", fontsize=6)

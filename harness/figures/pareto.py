@@ -1,5 +1,5 @@
 """Pareto fronts: final quality against a cost, one panel per model and task; the configurations no other
-beats on both are joined as the front."""
+beats on both are joined as the front, one front per source (this machine's, the reference machine's)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +7,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
-from .style import finish, log_params_axis, new_figure, series_colours, styled
-from .tables import (RESULT_COLUMNS, Quality, config_label, cost_metric, error_bars, ok_only, our_points, pareto_mask,
-                     quality_axis, require)
+from .style import SOURCE_LOOKS, finish, log_params_axis, new_figure, series_colours, styled
+from .tables import (RESULT_COLUMNS, Quality, by_source, config_label, cost_metric, describe_sharing, error_bars,
+                     ok_only, our_points, pareto_mask, quality_axis, require)
 
 PARETO_COSTS = {"memory": "memory", "time": "time", "params": "adapter_params"}  # the name -> the cost it plots
 
@@ -38,18 +38,22 @@ def pareto_front(results: pd.DataFrame, *, out_dir, cost: str = "memory", qualit
             log_params_axis(ax, cost_label)
         else:
             ax.xaxis.set_major_locator(MaxNLocator(4))  # a narrow range has long tick labels
-    captions = [q.subtitle] + captions
+    captions = [q.subtitle] + captions + ([describe_sharing(ok_only(results))] if cost == "time" else [])
     return finish(fig, axes, f"Pareto front: quality against {cost_label.split(' (')[0]}", captions, out_dir,
                   name or f"pareto_{cost}_{q.metric}")
 
 
 def draw_pareto_panel(ax, points: pd.DataFrame, colours: dict, q: Quality) -> None:
-    for series, group in points.groupby("series"):
-        ax.errorbar(group["x"], group["y"], yerr=error_bars(group), fmt="o", color=colours[series],
-                    markersize=4, elinewidth=0.8, capsize=2, label=series)
-    front = points[pareto_mask(points["x"].to_numpy(), points["y"].to_numpy(), q.higher_is_better)]
-    front = front.sort_values("x")
-    ax.step(front["x"], front["y"], where="post", color="0.2", linestyle="--", linewidth=1, label="Pareto front")
-    for i, (_, row) in enumerate(front.iterrows()):
-        ax.annotate(config_label(row), (row["x"], row["y"]), xytext=(3, 4 if i % 2 == 0 else -9),
-                    textcoords="offset points", fontsize=5)
+    """Each source's points and front; the first source's front is labelled with its configurations."""
+    for i, (source, part) in enumerate(by_source(points)):
+        alpha = SOURCE_LOOKS[i].get("alpha", 1)
+        for series, group in part.groupby("series"):
+            ax.errorbar(group["x"], group["y"], yerr=error_bars(group), fmt="o", color=colours[series], alpha=alpha,
+                        markerfacecolor=colours[series] if i == 0 else "none", markersize=4, elinewidth=0.8,
+                        capsize=2, label=f"{source} · {series}")
+        front = part[pareto_mask(part["x"].to_numpy(), part["y"].to_numpy(), q.higher_is_better)].sort_values("x")
+        ax.step(front["x"], front["y"], where="post", color="0.2", linestyle="--" if i == 0 else ":", linewidth=1,
+                alpha=alpha, label=f"Pareto front · {source}")
+        for j, (_, row) in enumerate(front.iterrows() if i == 0 else []):
+            ax.annotate(config_label(row), (row["x"], row["y"]), xytext=(3, 4 if j % 2 == 0 else -9),
+                        textcoords="offset points", fontsize=5)

@@ -1,38 +1,44 @@
-"""What the two quality figures share: our series (solid lines, filled markers, 95% bands over seeds), the
-reference lines, the paper's series (dashed, hollow markers), and one axis for both when they share the
-quality metric, else two panels side by side."""
+"""What the two quality figures share: our series (this machine's solid lines with filled markers and 95% bands
+over seeds, the reference machine's beside them dotted and fainter), the reference lines, the paper's series
+(dashed, hollow markers), and one axis for both when they share the quality metric, else two panels side by side."""
 from __future__ import annotations
 
 import pandas as pd
 
-from .style import OURS_MARKERS, finish, new_figure, series_colours
-from .tables import METRIC_NAMES, Quality, error_bars
+from .style import OURS_MARKERS, PAPER_LOOK, SOURCE_LOOKS, finish, new_figure, series_colours
+from .tables import METRIC_NAMES, SOURCE, Quality, error_bars, sources
 
 
-def draw_series(ax, points: pd.DataFrame, colour, label: str, marker: str, from_paper: bool) -> None:
+def draw_series(ax, points: pd.DataFrame, colour, label: str, marker: str, look: dict, band: bool) -> None:
+    """One series: a line with markers and error bars in `look` (style.SOURCE_LOOKS or PAPER_LOOK), and its 95%
+    band when `band` and every point has several seeds."""
     points = points.sort_values("x")
-    style = dict(color=colour, marker=marker, markersize=4, linewidth=1.2, label=label)
-    if from_paper:
-        style.update(linestyle="--", markerfacecolor="none", markeredgewidth=1.0)
+    style = dict(color=colour, marker=marker, markersize=4, linewidth=1.2, label=label, **look)
     ax.errorbar(points["x"], points["y"], yerr=error_bars(points), capsize=2, elinewidth=0.8, **style)
-    if not from_paper and (points["n"] > 1).all():
-        ax.fill_between(points["x"], points["lo"], points["hi"], color=colour, alpha=0.2, linewidth=0)
+    if band and (points["n"] > 1).all():
+        ax.fill_between(points["x"], points["lo"], points["hi"], color=colour, alpha=0.2 * look.get("alpha", 1),
+                        linewidth=0)
 
 
 def draw_ours(ax, points: pd.DataFrame, colours: dict, lines: pd.DataFrame) -> None:
+    """Each source's series (this machine's, then the reference machine's beside them) and reference lines."""
     combos = list(points.groupby(["model", "task"], dropna=False).groups)
-    for (model, task, series), group in points.groupby(["model", "task", "series"], dropna=False):
+    order = list(dict.fromkeys(sources(points)))
+    for (source, model, task, series), group in points.groupby([sources(points), "model", "task", "series"],
+                                                               dropna=False, sort=False):
         marker = OURS_MARKERS[combos.index((model, task)) % len(OURS_MARKERS)]
-        draw_series(ax, group, colours[series], f"ours · {model} / {task} · {series}", marker, False)
+        draw_series(ax, group, colours[series], f"{source} · {model} / {task} · {series}", marker,
+                    SOURCE_LOOKS[order.index(source)], band=True)
     styles = [":", "-.", (0, (1, 3))]
     for i, (_, line) in enumerate(lines.iterrows()):
-        ax.axhline(line["y"], color="0.35", linestyle=styles[i % len(styles)], linewidth=1,
-                   label=f"{line['text']} · {line['model']} / {line['task']}")
+        alpha = SOURCE_LOOKS[order.index(line[SOURCE])].get("alpha", 1) if line[SOURCE] in order else 1
+        label = " · ".join(filter(None, [line["text"], line[SOURCE], f"{line['model']} / {line['task']}"]))
+        ax.axhline(line["y"], color="0.35", linestyle=styles[i % len(styles)], linewidth=1, alpha=alpha, label=label)
 
 
 def draw_paper_series(ax, table: pd.DataFrame, colours: dict) -> None:
     for (model, task, series, key), group in table.groupby(["model", "task", "series", "colour_key"]):
-        draw_series(ax, group, colours[key], f"paper · {model} / {task} · {series}", "s", True)
+        draw_series(ax, group, colours[key], f"paper · {model} / {task} · {series}", "s", PAPER_LOOK, band=False)
 
 
 def quality_figure(ours, lines, paper, q: Quality, axis, title: str, captions: list[str], out_dir, name: str):

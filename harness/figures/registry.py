@@ -4,7 +4,8 @@ A study draws every figure in `FIGURES` whose `applies` finds what it needs in t
 against parameters and the Pareto fronts when trained adapters differ in size, quality against nblocks
 when MoRe's number of blocks varies, the commonsense table when a task is one of the paper's commonsense
 tasks, and the cost panels always. `draw_paper` draws the paper's figures from results/paper/, each beside
-our results of the study named in `PAPER_FIGURES` when they exist.
+our results of the study named in `PAPER_FIGURES` when they exist. Either draws the reference machine's results
+(`reference_dir`, results/reference/) beside this machine's when it is given one.
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ import pandas as pd
 
 from .. import paper
 from ..adapters import SETTING_SHORT_NAMES
-from ..store import RESULTS_DIR, load
+from ..store import RESULTS_DIR, machine_of
 from .commonsense import commonsense_heatmap
 from .cost import cost_panels
 from .pareto import PARETO_COSTS, pareto_front
 from .quality_nblocks import quality_vs_nblocks
 from .quality_params import quality_vs_params
-from .tables import COMMONSENSE_COLUMNS, MissingColumns, NothingToDraw, ok_only
+from .tables import COMMONSENSE_COLUMNS, SOURCE, MissingColumns, NothingToDraw, study_results
 
 QUALITIES = ("metric", "loss")
 # The columns that tell one adapter size from another; nblocks has its own figure.
@@ -99,20 +100,14 @@ def figures_for(results: pd.DataFrame) -> list[str]:
 
 # ---- drawing ---------------------------------------------------------------------------------------
 
-def load_or_none(study: str, results_dir=None) -> pd.DataFrame | None:
-    try:
-        results = ok_only(load(study, results_dir))
-    except FileNotFoundError:
-        return None
-    return results if not results.empty else None
-
-
-def draw_study(study: str, results_dir=None, out_dir=None) -> list[Path]:
-    """Every figure that applies to a study, under results/<study>/figures/ (or `out_dir`)."""
-    results = load_or_none(study, results_dir)
-    if results is None:
+def draw_study(study: str, results_dir=None, out_dir=None, reference_dir=None) -> list[Path]:
+    """Every figure that applies to a study's results under `results_dir` (default results/), with the reference
+    machine's under `reference_dir` beside them when given, into <results_dir>/<study>/figures/ (or `out_dir`)."""
+    results = study_results(study, results_dir, reference_dir)
+    if results is None or not (results[SOURCE] == machine_of(results_dir)).any():
         print(f"{study}: no results under {Path(results_dir or RESULTS_DIR) / study}; nothing to draw. "
-              f"Run `python -m harness run {study}` first.")
+              f"Run `python -m harness run {study}` first; the reference machine's figures: "
+              f"`python -m harness figures {study} --results-dir results/reference`.")
         return []
     out_dir = Path(out_dir or Path(results_dir or RESULTS_DIR) / study / "figures")
     paths = [path for name in figures_for(results) for path in FIGURES[name].draw(results, out_dir)]
@@ -120,13 +115,14 @@ def draw_study(study: str, results_dir=None, out_dir=None) -> list[Path]:
     return paths
 
 
-def draw_paper(out_dir=None, results_dir=None) -> list[Path]:
+def draw_paper(out_dir=None, results_dir=None, reference_dir=None) -> list[Path]:
     """The paper's figures from results/paper/, beside our results of the studies in `PAPER_FIGURES` where
-    they exist, and the paper's commonsense table. Default folder: results/paper/figures/."""
+    they exist (this machine's and the reference machine's), and the paper's commonsense table. Default folder:
+    results/paper/figures/."""
     out_dir = Path(out_dir or paper.PAPER_DIR / "figures")
     paths = []
     for stem, draw, paper_table, study in PAPER_FIGURES:
-        ours, table = load_or_none(study, results_dir), paper_table()
+        ours, table = study_results(study, results_dir, reference_dir), paper_table()
         # The paper's metric, with ours beside it when we have it; then ours as held-out loss beside the paper.
         drawn = attempt(draw, ours, table, out_dir=out_dir, name=f"{stem}_metric") if ours is not None else []
         paths += drawn or draw(None, table, out_dir=out_dir, name=f"{stem}_metric")

@@ -21,6 +21,11 @@ COLUMN_WIDTH_IN = 3.4  # one column of a two-column paper
 LINE_IN = 0.14  # the height of a line of caption or legend text
 OURS_MARKERS = ["o", "^", "D", "v", "P", "X"]
 SERIES_ORDER = ["MoRe", "LoRA", "MoRe (square blocks)"]  # fixed colours for the common series
+# Whose points: the first source's (this machine's) solid with filled markers, the next's (the reference machine's,
+# beside them) dotted and fainter, as lines or as hatched bars; the paper's dashed with hollow markers.
+SOURCE_LOOKS = [{}, {"linestyle": ":", "alpha": 0.6}]
+SOURCE_BAR_LOOKS = [{}, {"alpha": 0.55, "hatch": "////"}]
+PAPER_LOOK = {"linestyle": "--", "markerfacecolor": "none", "markeredgewidth": 1.0}
 STYLE = {"font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 6.5,
          "ytick.labelsize": 6.5, "legend.fontsize": 6, "figure.titlesize": 7, "pdf.fonttype": 42,
          "grid.alpha": 0.35, "savefig.dpi": 200}

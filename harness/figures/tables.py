@@ -1,8 +1,9 @@
 """What the figures plot, as pandas tables: no drawing here, and no matplotlib.
 
-From the frame `harness.store.load` returns (one row per measurement, joined with its trial's config):
-one row per trial (`per_trial`), one point per configuration over seeds with its spread
-(`summarise_seeds`), the best learning rate of each configuration (`keep_best_lr`), the horizontal
+From the frame `harness.store.load` returns (one row per measurement, joined with its trial's config), or
+`study_results`, which puts the reference machine's results beside this machine's with a `source` column:
+one row per trial (`per_trial`), one point per configuration and source over seeds with its spread
+(`summarise_seeds`), each arm at the learning rate chosen on validation (`keep_best_lr`), the horizontal
 reference lines (`baselines`), the Pareto front (`pareto_mask`), and the captions that say what a
 figure shows. A table that lacks what a figure needs raises `MissingColumns` or `NothingToDraw`.
 """
@@ -16,12 +17,14 @@ import pandas as pd
 
 from .. import paper as paper_tables
 from ..adapters import NO_ADAPTER, SETTING_SHORT_NAMES, series_name
-from ..store import METRIC_COLUMNS, final_values
+from ..analysis import choose_learning_rates
+from ..store import METRIC_COLUMNS, REFERENCE_MACHINE, final_values, load, machine_of
 from ..tasks import TASKS
 from ..trial import CALIBRATED, HEAD_ONLY
 
 RESULT_COLUMNS = ["trial_id", "metric", "value", "step", "model", "task", "adapter"]
-CONFIG_COLUMNS = ["model", "task", "adapter", "label", "nblocks", "blk_sz", "blk_r", "r", "lora_alpha",
+SOURCE, OURS = "source", "ours"  # the column that says whose results a row is; its value when there is none
+CONFIG_COLUMNS = [SOURCE, "model", "task", "adapter", "label", "nblocks", "blk_sz", "blk_r", "r", "lora_alpha",
                   "target_modules", "profile", "steps", "batch", "seq_len", "device"]
 TASK_METRICS = ("matthews", "f1", "pearson", "exact_match", "accuracy", "spearman")  # headline metric first
 METRIC_NAMES = {"matthews": "Matthews correlation", "accuracy": "accuracy", "f1": "F1", "pearson": "Pearson r",
@@ -61,21 +64,53 @@ def require(frame: pd.DataFrame, columns, figure: str) -> None:
                              f"it needs {', '.join(columns)}")
 
 
-# ---- one row per trial ----------------------------------------------------------------------------
+# ---- whose results ---------------------------------------------------------------------------------
 
 def ok_only(results: pd.DataFrame) -> pd.DataFrame:
     return results[results["status"] == "ok"] if "status" in results else results
 
 
+def finished(study: str, results_dir=None) -> pd.DataFrame | None:
+    """A study's finished trials under `results_dir`, or None when it has none."""
+    try:
+        results = ok_only(load(study, results_dir))
+    except FileNotFoundError:
+        return None
+    return results if not results.empty else None
+
+
+def study_results(study: str, results_dir=None, reference_dir=None) -> pd.DataFrame | None:
+    """A study's finished trials under `results_dir` and, when `reference_dir` is given, the reference machine's
+    beside them: one frame whose `source` column says whose each row is ("this machine" or "reference machine
+    (2-core CPU)"). None when neither folder has any."""
+    folders = [(machine_of(results_dir), results_dir)] + ([(REFERENCE_MACHINE, reference_dir)] if reference_dir else [])
+    frames = [frame.assign(**{SOURCE: name}) for name, folder in folders
+              if (frame := finished(study, folder)) is not None]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def sources(frame: pd.DataFrame) -> pd.Series:
+    """Whose each row is: the `source` column `study_results` adds, else "ours"."""
+    return frame[SOURCE] if SOURCE in frame else pd.Series(OURS, index=frame.index, name=SOURCE)
+
+
+def by_source(frame: pd.DataFrame):
+    """(source, rows) in the order the sources come: this machine's first, then the reference machine's."""
+    return frame.groupby(sources(frame), sort=False)
+
+
+# ---- one row per trial ----------------------------------------------------------------------------
+
 def per_trial(results: pd.DataFrame, metrics, step: int | None = None) -> pd.DataFrame:
-    """One row per trial: its config columns and the whole-model value of each metric at `step`
-    (None: the final value)."""
+    """One row per trial (per source and trial: two machines run the same trial ids): its config columns and the
+    whole-model value of each metric at `step` (None: the final value)."""
+    keys = [SOURCE, "trial_id"] if SOURCE in results else ["trial_id"]
     rows = results[results["metric"].isin(list(metrics))]
     rows = final_values(rows) if step is None else rows[(rows["step"] == step) & (rows["scope"].fillna("") == "")]
     # groupby-first keeps a trial whose value is NaN (not measured); pivot_table would drop it
-    wide = rows.groupby(["trial_id", "metric"])["value"].first().unstack()
+    wide = rows.groupby(keys + ["metric"])["value"].first().unstack()
     wide = wide.reindex(columns=list(metrics))
-    config = results.drop_duplicates("trial_id").set_index("trial_id")
+    config = results.drop_duplicates(keys).set_index(keys)
     config = config[[c for c in config.columns if c not in METRIC_COLUMNS]]
     return config.join(wide, how="inner").reset_index()
 
@@ -121,8 +156,13 @@ def config_label(row) -> str:
 
 # ---- captions --------------------------------------------------------------------------------------
 
-def describe_ours(results: pd.DataFrame) -> str:
-    """Model, task, budget, device and seeds, read from the tables."""
+def describe_ours(results: pd.DataFrame) -> list[str]:
+    """One line per source: model, task, budget, device, seeds and, once `keep_best_lr` has chosen each arm's
+    learning rate, how many it was chosen from."""
+    return [f"{source}: " + " · ".join(describe_runs(frame)) for source, frame in by_source(results)]
+
+
+def describe_runs(results: pd.DataFrame) -> list[str]:
     parts = [f"model {unique_text(results, 'model')}"]
     if unique_text(results, "task"):
         parts.append(f"task {unique_text(results, 'task')}")
@@ -134,7 +174,12 @@ def describe_ours(results: pd.DataFrame) -> str:
         parts.append(f"device {unique_text(results, 'device')}")
     seeds = results["seed"].nunique() if "seed" in results else 1
     parts.append(f"{seeds} seed{'s' if seeds != 1 else ''}")
-    return "ours: " + " · ".join(parts)
+    if "rates" in results:
+        rates = results["rates"].astype(int)
+        tried = f"{rates.min()}–{rates.max()}" if rates.min() != rates.max() else f"{rates.max()}"
+        parts.append("one learning rate, not tuned" if rates.max() == 1 else
+                     f"best of {tried} learning rates on validation")
+    return parts
 
 
 def describe_paper(table: pd.DataFrame) -> str:
@@ -145,10 +190,26 @@ def describe_spread(points: pd.DataFrame) -> str:
     seeds = set(points["n"])
     parts = []
     if max(seeds) > 1:
-        parts.append(f"bands and bars: 95% CI over {fmt(max(seeds))} seeds")
+        parts.append(f"bands and bars: 95% intervals over {fmt(max(seeds))} seeds")
     if 1 in seeds:
-        parts.append("error bars: 95% interval, ±1.96 s.e. of the test set (one seed)")
+        parts.append("error bars: 95% intervals, ±1.96 s.e. of the test set (one seed)")
     return "; ".join(parts)
+
+
+def describe_sharing(results: pd.DataFrame) -> str:
+    """For a time-per-step panel, per source: whether trials ran more than one at a time, sharing the machine
+    (the `jobs` column; records older than it do not say)."""
+    parts = []
+    for source, frame in by_source(results):
+        jobs = frame.drop_duplicates("trial_id")["jobs"] if "jobs" in frame else pd.Series([math.nan])
+        if jobs.isna().any():
+            parts.append(f"{source}: trials may have shared the machine (how many ran at a time was not recorded)")
+        elif jobs.max() > 1:
+            up_to = "up to " if jobs.min() != jobs.max() else ""
+            parts.append(f"{source}: {up_to}{fmt(jobs.max())} trials ran at a time, sharing the machine")
+        else:
+            parts.append(f"{source}: one trial at a time")
+    return "time per step: " + "; ".join(parts)
 
 
 REFERENCE_NAMES = {HEAD_ONLY: "control: head only", CALIBRATED: "untouched model, head calibrated"}
@@ -209,9 +270,8 @@ def figure_quality(figure: str, results, paper, quality: str, metric: str | None
 
 def trial_quality(results: pd.DataFrame, q: Quality, x_metric: str | None = None,
                   x_column: str | None = None) -> pd.DataFrame:
-    """Per trial: config, `y` (quality, scaled), `y_se` (its test-set s.e.), `x` (a metric or a column) and the
-    validation values that choose a learning rate (`val_<metric>`, `val_loss`)."""
-    metrics = [q.column, q.se_column, f"val_{task_metric(results)}", "val_loss"] + ([x_metric] if x_metric else [])
+    """Per trial: config, `y` (quality, scaled), `y_se` (its test-set s.e.) and `x` (a metric or a column)."""
+    metrics = [q.column, q.se_column] + ([x_metric] if x_metric else [])
     table = per_trial(ok_only(results), list(dict.fromkeys(metrics)))
     table = table[table[q.column].notna()].copy()
     if table.empty:
@@ -227,29 +287,23 @@ def trial_quality(results: pd.DataFrame, q: Quality, x_metric: str | None = None
     return table
 
 
-def keep_best_lr(table: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """When a study sweeps learning rates, each configuration keeps the rate that is best on the VALIDATION split
-    (its task metric, mean over seeds; ties to the lower validation loss), whatever the plotted test values say.
-    Returns the most learning rates any one configuration was tried with (one rate each counts 1)."""
-    keys = [k for k in config_keys(table) if k != "lr"]
-    if "lr" not in table:
-        return table, 1
-    tried = int(table.groupby(keys, dropna=False)["lr"].nunique().max())
-    if tried <= 1:
-        return table, 1
-    metric = next((c for c in table.columns if str(c).startswith("val_") and c != "val_loss"), None)
-    means = table.groupby(keys + ["lr"], dropna=False)[[c for c in (metric, "val_loss") if c]].mean().reset_index()
-    order = ([metric] if metric else []) + ["val_loss"]
-    means = means.sort_values(order, ascending=[False] * (len(order) - 1) + [True])
-    best = means.groupby(keys, dropna=False).head(1)
-    return table.merge(best[keys + ["lr"]], on=keys + ["lr"]), tried
+def keep_best_lr(table: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """The per-trial `table`'s rows at each arm's learning rate as `harness.analysis.choose_learning_rates` chooses
+    it from `results` on the VALIDATION split (each source on its own trials), whatever the plotted test values
+    say; `rates`: how many rates the arm tried."""
+    if "lr" not in table or table["lr"].nunique() <= 1:
+        return table.assign(rates=1)
+    chosen = pd.concat([choose_learning_rates(frame).assign(**{SOURCE: source}) for source, frame in
+                        by_source(results)])
+    keys = ["model", "task", "arm", "lr"] + ([SOURCE] if SOURCE in table else [])
+    return table.merge(chosen[keys + ["rates"]], on=keys)
 
 
 def summarise_seeds(table: pd.DataFrame, bounds=(-math.inf, math.inf)) -> pd.DataFrame:
     """One point per configuration: the mean quality and its spread [lo, hi]: a 95% CI over seeds when there
     are several, else ±1.96 standard errors of the test set; clipped to the values the quality can take."""
     points = []
-    for _, group in table.groupby(config_keys(table), dropna=False):
+    for _, group in table.groupby(config_keys(table), dropna=False, sort=False):  # sources in their order
         n, y = len(group), group["y"].mean()
         half = T_975[min(n - 1, 30) - 1] * group["y"].std(ddof=1) / math.sqrt(n) if n > 1 else 1.96 * group["y_se"].iloc[0]
         points.append({**group.iloc[0].to_dict(), "x": group["x"].median(), "y": y, "n": n,
@@ -265,40 +319,36 @@ def error_bars(points: pd.DataFrame):
 
 
 def baselines(results: pd.DataFrame, q: Quality) -> pd.DataFrame:
-    """Horizontal references per model and task: chance (the majority class, or 1/options) for a metric, and the
-    reference arms that train no adapter (no parameters to place on a log axis): the head-only control and the
-    calibrated untouched model, each the median over its seeds."""
+    """Horizontal references per model and task: chance (the majority class, or 1/options) for a metric, whoever
+    measured it, and per source the reference arms that train no adapter (no parameters to place on a log axis):
+    the head-only control and the calibrated untouched model, each the median over its seeds."""
     ok = ok_only(results)
     references = []
     if q.metric != "loss":
         column = f"chance_{q.metric}"
-        references.append((per_trial(ok, [column]), column, f"chance: {notes_of(results, column) or 'chance'}"))
+        references.append((per_trial(ok, [column]), column, f"chance: {notes_of(results, column) or 'chance'}", ""))
     controls = ok[ok["adapter"].isin([NO_ADAPTER])] if "adapter" in ok else ok.iloc[0:0]
-    for arm, group in controls.groupby("arm") if "arm" in controls else []:
-        references.append((per_trial(group, [q.column]), q.column, REFERENCE_NAMES.get(arm, arm)))
-    lines = []
-    for table, column, text in references:
+    for (source, arm), group in controls.groupby([sources(controls), "arm"], sort=False) if "arm" in controls else []:
+        references.append((per_trial(group, [q.column]), q.column, REFERENCE_NAMES.get(arm, arm), source))
+    lines, columns = [], ["model", "task", SOURCE, "y", "text"]
+    for table, column, text, source in references:
         table = table[table[column].notna()] if column in table else table.iloc[0:0]
         if table.empty:
             continue
         line = table.groupby(["model", "task"])[column].median().reset_index()
-        line["y"], line["text"] = line[column] * q.scale, text
-        lines.append(line[["model", "task", "y", "text"]])
-    return pd.concat(lines, ignore_index=True) if lines else pd.DataFrame(columns=["model", "task", "y", "text"])
+        line["y"], line["text"], line[SOURCE] = line[column] * q.scale, text, source
+        lines.append(line[columns])
+    return pd.concat(lines, ignore_index=True) if lines else pd.DataFrame(columns=columns)
 
 
 def our_points(results, q: Quality, figure: str, x_metric=None, x_column=None, series=row_series):
-    """Per configuration points for a quality figure (with a `series` column), the reference lines, and the
-    caption lines that describe them."""
+    """Per configuration and source, points for a quality figure (with a `series` column), the reference lines,
+    and the caption lines that describe them."""
     require(results, RESULT_COLUMNS + ([x_column] if x_column else []), figure)
-    table = trial_quality(results, q, x_metric=x_metric, x_column=x_column)
-    table, n_lrs = keep_best_lr(table)
+    table = keep_best_lr(trial_quality(results, q, x_metric=x_metric, x_column=x_column), results)
     points = summarise_seeds(table, q.bounds)
     points["series"] = [series(row) for _, row in points.iterrows()]
-    captions = [describe_ours(table), describe_spread(points)]
-    if n_lrs > 1:
-        captions.append(f"each point: the best of {n_lrs} learning rates on the validation split")
-    return points, baselines(results, q), captions
+    return points, baselines(results, q), [*describe_ours(table), describe_spread(points)]
 
 
 def paper_points(paper: pd.DataFrame | None, x_column: str, figure: str) -> pd.DataFrame | None:
@@ -349,27 +399,30 @@ def commonsense_grid(paper: pd.DataFrame, results: pd.DataFrame | None = None) -
     grid = rows.pivot_table(index="row", columns="task", values="accuracy", sort=False).reindex(columns=columns)
     captions = [f"paper: Table 1 of {paper_tables.SOURCE}, model {unique_text(paper, 'model')}"]
     if results is not None:
-        ours = our_commonsense_rows(results)
+        ours, described = our_commonsense_rows(results)
         if ours.empty:
             captions.append("ours: no commonsense results yet")
         else:
             grid = pd.concat([grid, ours.reindex(columns=columns)])
-            captions += [describe_ours(ok_only(results)), "ours: Avg left blank unless all eight tasks ran"]
+            captions += [*described, "ours: Avg left blank unless all eight tasks ran"]
     return grid, rows["row"].nunique(), captions
 
 
-def our_commonsense_rows(results: pd.DataFrame) -> pd.DataFrame:
+def our_commonsense_rows(results: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """One row per source, model and adapter configuration (each arm at its chosen learning rate, mean over
+    seeds), and the caption lines that describe them."""
     require(results, RESULT_COLUMNS, "commonsense_heatmap (our results)")
     table = per_trial(ok_only(results), ["test_accuracy"])
     table = table[table["task"].isin(COMMONSENSE_COLUMNS) & table["test_accuracy"].notna()].copy()
     if table.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), []
+    table = keep_best_lr(table, results)
     table["column"] = table["task"].map(COMMONSENSE_COLUMNS)
     steps = table["steps"].map(lambda s: f" · {fmt(s)} steps") if "steps" in table else ""
     labels = [config_label(r) for _, r in table.iterrows()]
-    table["row"] = "ours · " + table["model"].astype(str) + " · " + labels + steps
+    table["row"] = sources(table) + " · " + table["model"].astype(str) + " · " + labels + steps
     grid = table.pivot_table(index="row", columns="column", values="test_accuracy", aggfunc="mean") * 100
     eight = [c for c in paper_tables.COMMONSENSE_TASKS if c != "Avg"]
     if set(eight) <= set(grid.columns):
         grid["Avg"] = grid[eight].mean(axis=1).where(grid[eight].notna().all(axis=1))
-    return grid
+    return grid, describe_ours(table)

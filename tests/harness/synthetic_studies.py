@@ -21,14 +21,15 @@ def row(metric, value, unit, step=None, scope="", note="") -> dict:
     return Measurement(metric, float(value), unit, step=step, scope=scope, note=note).as_dict()
 
 
-def finished_trial(study, config, rows, device="cpu") -> dict:
-    """What the runner hands `Store.write` for a trial that finished (its id: any one unique to the config)."""
+def finished_trial(study, config, rows, device="cpu", jobs=1) -> dict:
+    """What the runner hands `Store.write` for a trial that finished (its id: any one unique to the config);
+    `jobs`: how many trials ran at a time."""
     trial_id = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
     params = ",".join(f"{k}={v}" for k, v in sorted(config["adapter_params"].items()))
     arm = ("calibrated" if config.get("calibrate") else "head only") if config["adapter"] == "none" else \
         f"{config['adapter']}({params})"
     return {"trial_id": trial_id, "study": study, "arm": arm, "status": "ok", "config": config, "rows": rows,
-            "device": device, "env": {"git_commit": "test"}, "duration_s": 1.0}
+            "device": device, "env": {"git_commit": "test"}, "duration_s": 1.0, "jobs": jobs}
 
 
 def adapter_count(params, hidden=384, matrices=18):

@@ -14,7 +14,8 @@ from synthetic_studies import (STEPS, block_records, commonsense_records, effici
 from harness import paper
 from harness.adapters import series_name
 from harness.figures import tables
-from harness.store import final_values
+from harness.store import (REFERENCE_DIR, REFERENCE_MACHINE, THIS_MACHINE, final_values, machine_of,
+                           reference_beside)
 
 
 @pytest.fixture(scope="module")
@@ -97,27 +98,31 @@ def test_summarise_seeds_gives_a_95_percent_interval_over_seeds_or_the_test_set(
     assert tables.error_bars(pd.DataFrame({"y": [1.0]})) is None
 
 
-def test_the_best_learning_rate_of_each_configuration(tmp_path):
+def test_the_best_learning_rate_of_each_arm(tmp_path):
     results = write_study(tmp_path, rank_records("lr_sweep", seeds=(0,), lrs=(1e-3, 1e-4)))
     for quality in ("metric", "loss"):
         q = tables.quality_axis(results, quality)
         table = tables.trial_quality(results, q, x_metric="adapter_params")
-        best, tried = tables.keep_best_lr(table)
-        assert tried == 2 and len(best) == len(table) // 2
+        best = tables.keep_best_lr(table, results)
+        assert len(best) == len(table) // 2 and set(best["rates"]) == {2}
         assert set(best["lr"]) == {1e-3}  # the synthetic trials learn more at 1e-3, on either axis
 
 
 def test_the_learning_rate_is_chosen_on_validation_never_on_test(tmp_path):
     results = write_study(tmp_path, rank_records("lr_choice", seeds=(0,), lrs=(1e-3, 1e-4)))
     q = tables.quality_axis(results)
-    table = tables.trial_quality(results, q, x_metric="adapter_params")
-    table.loc[table["lr"] == 1e-4, "y"] += 50  # test would prefer 1e-4 ...
-    best, _ = tables.keep_best_lr(table)
-    assert set(best["lr"]) == {1e-3}  # ... validation chooses 1e-3
-    table.loc[table["lr"] == 1e-4, "val_matthews"] += 1
-    assert set(tables.keep_best_lr(table)[0]["lr"]) == {1e-4}
-    single = tables.trial_quality(write_study(tmp_path, block_records()), q, x_column="nblocks")
-    assert tables.keep_best_lr(single) == (single, 1)
+
+    def chosen(metric):
+        """The rates kept when every `metric` row at 1e-4 reads 0.99."""
+        rows = (results["lr"] == 1e-4) & (results["metric"] == metric)
+        frame = results.assign(value=results["value"].mask(rows, 0.99))
+        return set(tables.keep_best_lr(tables.trial_quality(frame, q, x_metric="adapter_params"), frame)["lr"])
+
+    assert chosen("test_matthews") == {1e-3}  # test would prefer 1e-4; validation chooses 1e-3
+    assert chosen("val_matthews") == {1e-4}
+    blocks = write_study(tmp_path, block_records())
+    single = tables.trial_quality(blocks, q, x_column="nblocks")
+    assert tables.keep_best_lr(single, blocks).equals(single.assign(rates=1))
 
 
 def test_trial_quality_leaves_out_the_controls(rank):
@@ -139,8 +144,54 @@ def test_our_points_one_per_configuration(rank):
     points, lines, captions = tables.our_points(rank, tables.quality_axis(rank), "f", x_metric="adapter_params")
     assert len(points) == 6 and set(points["n"]) == {3}
     assert sorted(set(points["series"])) == ["LoRA", "MoRe", "MoRe (square blocks)"]
-    assert captions[0] == "ours: model minilm · task cola · steps 20, batch 8, seq_len 64 · device cpu · 3 seeds"
-    assert captions[1] == "bands and bars: 95% CI over 3 seeds"
+    assert captions[0] == ("ours: model minilm · task cola · steps 20, batch 8, seq_len 64 · device cpu · 3 seeds · "
+                           "one learning rate, not tuned")
+    assert captions[1] == "bands and bars: 95% intervals over 3 seeds"
+
+
+def test_this_machines_points_beside_the_reference_machines(tmp_path):
+    here_dir, reference_dir = tmp_path / "here", tmp_path / "reference"
+    here = write_study(here_dir, rank_records(seeds=(0, 1, 2)))
+    # the same trials (the same ids: seed 0) measured elsewhere, with other values
+    elsewhere = [{**r, "rows": [{**m, "value": m["value"] + 0.1} if m["metric"] == "test_matthews" else m
+                                for m in r["rows"]]} for r in rank_records(seeds=(0,))]
+    reference = write_study(reference_dir, elsewhere)
+    both = tables.study_results("rank_ablation", here_dir, reference_dir)
+    points, lines, captions = tables.our_points(both, tables.quality_axis(both), "f", x_metric="adapter_params")
+    assert list(dict.fromkeys(points["source"])) == [THIS_MACHINE, REFERENCE_MACHINE]
+    for source, frame, seeds in ((THIS_MACHINE, here, 3), (REFERENCE_MACHINE, reference, 1)):
+        trials = tables.per_trial(frame, ["test_matthews"])
+        expected = trials[trials["adapter"] != "none"].groupby("arm")["test_matthews"].mean() * 100
+        ours = points[points["source"] == source].set_index("arm")
+        assert ours["y"].to_dict() == pytest.approx(expected.to_dict()) and set(ours["n"]) == {seeds}
+    controls = lines[lines["text"] == "control: head only"]
+    assert controls["source"].tolist() == [THIS_MACHINE, REFERENCE_MACHINE]
+    assert captions[0].startswith("this machine: model minilm") and captions[0].endswith("· 3 seeds · one "
+                                                                                       "learning rate, not tuned")
+    assert captions[1].startswith("reference machine (2-core CPU): model minilm") and "· 1 seed ·" in captions[1]
+    alone = tables.study_results("rank_ablation", tmp_path / "nothing", reference_dir)
+    assert set(alone["source"]) == {REFERENCE_MACHINE}  # the reference alone, as `--paper` draws it with no runs here
+    assert tables.study_results("rank_ablation", tmp_path / "nothing") is None
+    assert machine_of(REFERENCE_DIR) == REFERENCE_MACHINE and machine_of(here_dir) == THIS_MACHINE
+    assert reference_beside(REFERENCE_DIR) is None and reference_beside(None) == REFERENCE_DIR
+
+
+def test_captions_say_how_each_rate_was_chosen_over_how_many_seeds(tmp_path):
+    results = write_study(tmp_path, rank_records("three_rates", seeds=(0, 1), lrs=(1e-2, 1e-3, 1e-4)))
+    _, _, captions = tables.our_points(results, tables.quality_axis(results), "f", x_metric="adapter_params")
+    assert captions[0].endswith("· 2 seeds · best of 3 learning rates on validation")
+    assert captions[1] == "bands and bars: 95% intervals over 2 seeds"
+
+
+def test_a_time_caption_says_whether_trials_shared_the_machine(tmp_path):
+    write_study(tmp_path / "shared", [{**r, "jobs": 2} for r in efficiency_records()])
+    write_study(tmp_path / "older", [{k: v for k, v in r.items() if k != "jobs"} for r in efficiency_records()])
+    alone = write_study(tmp_path / "alone", efficiency_records())
+    assert tables.describe_sharing(alone) == "time per step: ours: one trial at a time"
+    both = tables.study_results("efficiency", tmp_path / "shared", tmp_path / "older")
+    assert tables.describe_sharing(both) == (
+        "time per step: this machine: 2 trials ran at a time, sharing the machine; reference machine (2-core CPU): "
+        "trials may have shared the machine (how many ran at a time was not recorded)")
 
 
 def test_pareto_mask():

@@ -229,9 +229,31 @@ def test_a_study_with_commonsense_tasks_gets_the_commonsense_table(studies, tmp_
     assert "commonsense" in {p.stem for p in paths}
 
 
-def test_draw_study_without_results_says_so(tmp_path, capsys):
+def test_draw_study_without_results_says_so(studies, tmp_path, capsys):
     assert registry.draw_study("rank_ablation", tmp_path) == []
     assert "no results" in capsys.readouterr().out
+    # the reference machine's results alone are not this machine's study: they are drawn from their own folder
+    assert registry.draw_study("rank_ablation", tmp_path, reference_dir=studies[0]) == []
+    assert "--results-dir results/reference" in capsys.readouterr().out
+
+
+def test_draw_study_draws_the_reference_machines_points_beside_this_machines(tmp_path, drawn):
+    here, reference = tmp_path / "here", tmp_path / "reference"
+    write_study(here, [{**r, "jobs": 2} for r in rank_records(seeds=(0, 1))])
+    write_study(reference, rank_records(seeds=(0,)))
+    paths = registry.draw_study("rank_ablation", here, reference_dir=reference)
+    assert {p.parent for p in paths} == {here / "rank_ablation" / "figures"}
+    figures = dict(zip([p.stem for p in paths[::2]], drawn))
+    labels = figures["quality_vs_params_matthews"].axes[0].get_legend_handles_labels()[1]
+    for source in ("this machine", "reference machine (2-core CPU)"):
+        assert f"{source} · minilm / cola · MoRe" in labels
+        assert f"control: head only · {source} · minilm / cola" in labels
+        assert f"{source} · LoRA" in figures["pareto_time_matthews"].axes[0].get_legend_handles_labels()[1]
+    caption = figures["cost_time"]._suptitle.get_text().replace("\n", " ")
+    assert "bars: this machine solid, reference machine (2-core CPU) hatched and fainter beneath" in caption
+    assert "this machine: 2 trials ran at a time, sharing the machine" in caption
+    assert "reference machine (2-core CPU): one trial at a time" in caption
+    assert "2 trials ran at a time" in figures["pareto_time_matthews"]._suptitle.get_text().replace("\n", " ")
 
 
 def test_draw_paper_beside_ours(studies, tmp_path):

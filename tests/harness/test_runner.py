@@ -88,6 +88,7 @@ profiles:
     records = {(r["config"]["adapter_params"]["nblocks"], r["config"]["batch"]): r for r in store.records().values()}
     assert records[(4, 2)]["status"] == "ok"
     assert counts == {"ok": 1, "failed": 3}
+    assert {r["jobs"] for r in records.values()} == {2}  # the executor's trials at a time, in every record
     too_many_blocks = records[(500, 2)]
     assert too_many_blocks["error_type"] == "ValueError" and "nblocks=500 is larger than its 384" in too_many_blocks["error"]
     assert "Traceback" in too_many_blocks["traceback_tail"] or "ValueError" in too_many_blocks["traceback_tail"]

@@ -67,8 +67,19 @@ def test_records_tables_and_resume_status(store):
     assert by_id.loc[lora.id, "r"] == 2 and by_id.loc[lora.id, "lora_alpha"] == 4
     assert by_id.loc[control.id, "adapter"] == "none" and by_id.loc[control.id, "label"] == "head only"
     assert by_id.loc[control.id, "error_type"] == "Timeout" and by_id.loc[more.id, "git_commit"] == "abc"
+    assert by_id["jobs"].tolist() == [1, 1, 1]  # one trial at a time: record_of's default
     metrics = pd.read_csv(store.root / "metrics.csv")
     assert list(metrics.columns) == store_module.METRIC_COLUMNS and len(metrics) == 10
+
+
+def test_how_many_trials_ran_at_a_time_is_kept_and_unknown_in_older_records(store):
+    more, lora, _ = configs()
+    store.write(record_of("study", more, TrialResult("ok", rows(1536, 0.5)), jobs=2))
+    older = {key: value for key, value in record_of("study", lora, TrialResult("ok", rows(1536, 0.6))).items()
+             if key != "jobs"}
+    store.write(older)
+    jobs = pd.read_csv(store.root / "trials.csv").set_index("trial_id")["jobs"]
+    assert jobs[more.id] == 2 and pd.isna(jobs[lora.id])
 
 
 def test_tables_are_rebuilt_from_the_records(store):
