@@ -16,7 +16,9 @@ from gpu_common import CUDA_FAULT, CsvLog, Deadline, Plan, cuda_broken, error_te
 
 COLUMNS = ["in_features", "out_features", "tokens", "nblocks", "blk_r", "dtype", "kernel", "needs", "tiles",
            "error", "tolerance", "passed", "n_regs", "n_spills", "message"]
-NEEDS = {"backward_dx": (True, True, True), "backward_dh": (False, True, True)}
+# The backward variants a training step runs: every gradient, and no dx (an input without gradient, as at the
+# first adapted layer); each named as its compiled kernel's stats are (triton_monarch.backward_name).
+BACKWARD_NEEDS = ((True, True, True), (False, True, True))
 
 
 def run(plan: Plan, out, deadline: Deadline) -> int:
@@ -31,6 +33,7 @@ def run(plan: Plan, out, deadline: Deadline) -> int:
     if kernels is None:
         log.add(message="skipped: triton is not installed")
         return 0
+    needs_of = {kernels.backward_name(*needs): needs for needs in BACKWARD_NEEDS}
     tokens = plan.smoke_tokens
     for in_f, out_f, k, r, dtype_name in plan.smoke:
         where = dict(in_features=in_f, out_features=out_f, tokens=tokens, nblocks=k, blk_r=r, dtype=dtype_name)
@@ -49,7 +52,7 @@ def run(plan: Plan, out, deadline: Deadline) -> int:
             w2 = torch.randn(shape.w2_shape, device=plan.device, dtype=dtype, generator=gen)
             h = bmm_forward(x, w1, w2, out_f)[1]
             want = {"forward": reference_outputs("forward", x, w1, w2, out_f)}
-            for name, needs in NEEDS.items():
+            for name, needs in needs_of.items():
                 want[name] = reference_outputs("backward", x, w1, w2, out_f, needs, dy)
             candidates = kernels.candidate_tiles(k, r, shape.in_blksz, shape.out_blksz)
         except Exception as err:
@@ -59,7 +62,7 @@ def run(plan: Plan, out, deadline: Deadline) -> int:
             continue
         for tiles in candidates:
             for name, reference in want.items():
-                stats, needs = {}, NEEDS.get(name, ())
+                stats, needs = {}, needs_of.get(name, ())
                 row = dict(where, kernel=name, needs=needs, tiles=tiles, tolerance=dispatch.tolerance(dtype))
                 try:
                     with torch.no_grad():

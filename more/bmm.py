@@ -1,8 +1,7 @@
 """The bmm path of the Monarch multiply: two batched matrix products, and their hand-written backward.
 
 Notation as in `more.ops`: x (B, in), w1 (k, r, p), w2 (k, s, r), h[b, j*r + i] the first factor's output.
-These functions know nothing of the custom op or of dispatch; `more.dispatch` calls them, and so do the
-Triton kernels for the products they leave to cuBLAS.
+These functions know nothing of the custom op or of dispatch; `more.dispatch` calls them.
 """
 from __future__ import annotations
 

@@ -16,18 +16,25 @@ Forward, one launch, one program per tile of BLOCK_ROWS tokens:
    - per block (larger k*r): for each block c, g[b, a] = h[b, a*k + c] (P1 as the load address) times
      w2[c]^T, stored to y[b, t*k + c] (P2 as the store address).
 
-Backward, dh and dx in one launch, the forward's mirror: dh = dy @ W^T (expanded: contiguous dy tiles, an
-accumulator over the output tiles), or per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a]; then,
-when dx is asked for, a barrier and dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q]. dh is stored because
-dw1 needs it. The weight gradients are reductions over all tokens into small tensors; they run as cuBLAS
-products (`more.bmm`), which already split the token reduction across the GPU.
+Backward, one launch, the forward's mirror, with the weight gradients fused in:
+1. second factor, one pass over dy: dh = dy @ W^T (expanded: contiguous dy tiles, an accumulator over the
+   output tiles), or per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a]; from the same dy tiles
+   and the forward's h, dw2's partial sum over the program's tokens (h^T dy, the permuted block diagonal of it).
+   dh is stored for step 2.
+2. after a barrier, first factor, one pass over x and dx, block j at a time: dx[b, j*p + q] = sum_i
+   dh[b, j*r + i] w1[j, i, q] and dw1's partial sum dh_j^T x_j.
+Each program writes its fp32 partial sums of dw1 and dw2 at the addresses of the weights they belong to, in
+its own slice of a (programs, k, r, p) and a (programs, k, s, r) buffer: no atomics; the launcher then sums
+over the programs (torch). Forward and backward together read x twice and dy once and write y and dx, plus h,
+dh and the partial sums. Which gradients are computed (dx, dw1, dw2) is a compile-time choice.
 
 tl.dot needs each dimension >= 16: r and k*r are padded inside the kernels (masked loads give zeros), so are
 the tile widths. Accumulation is fp32 for every input dtype; outputs, h and dh are stored in the input dtype,
 as the bmm path does.
 
 Which calls run these kernels, and at which of `candidate_tiles`, is decided by `more.dispatch`; this module
-only launches them. The weight-gradient products come from `more.bmm`.
+only launches them. The index arithmetic of x, h, y (and their gradients), w1 and w2 lives in the small
+helpers below, which the forward and backward share.
 """
 from __future__ import annotations
 
@@ -39,12 +46,49 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..bmm import bmm_backward, first_factor_weight_grad
-
 # Upper bound on the elements of each register tile; it sets the tile sizes below.
 TILE_ELEMENTS = 8192
 # The expanded second factor while k*r, padded to a power of two, is at most this.
 EXPANDED_MAX_KR = 64
+# Most bytes of fp32 weight-gradient partial sums one backward launch writes; more rows take more launches.
+MAX_PARTIAL_BYTES = 1 << 28
+
+
+@triton.jit
+def _tile(row, row_ok, col, col_ok, width):
+    """Offsets and mask of the (rows x cols) tile of a row-major (tokens x width) tensor: x, y, h and their
+    gradients."""
+    return row[:, None] * width + col[None, :], row_ok[:, None] & col_ok[None, :]
+
+
+@triton.jit
+def _input_tile(row, row_ok, j, q, in_features, in_blksz):
+    """The tile of x (or dx) at positions q of input block j, x[b, j*p + q]: the input is zero-padded past
+    in_features."""
+    col = j * in_blksz + q
+    return _tile(row, row_ok, col, (q < in_blksz) & (col < in_features), in_features)
+
+
+@triton.jit
+def _w1_index(j, i, q, in_blksz, BLK_R: tl.constexpr):
+    """Offsets of w1[j, i, q] in its (k, r, p) layout, and which entries exist (i, q broadcast)."""
+    return (j * BLK_R + i) * in_blksz + q, (i < BLK_R) & (q < in_blksz)
+
+
+@triton.jit
+def _w2_index(c, t, a, out_blksz, BLK_R: tl.constexpr):
+    """Offsets of w2[c, t, a] in its (k, s, r) layout, and which entries exist (c, t, a broadcast)."""
+    return (c * out_blksz + t) * BLK_R + a, (t < out_blksz) & (a < BLK_R)
+
+
+@triton.jit
+def _expanded_index(f, col, out_blksz, NBLOCKS: tl.constexpr, BLK_R: tl.constexpr):
+    """W = P2 . BD2 . P1 as a (k*r x k*s) matrix, on h's features f and y's columns col (broadcast):
+    W[f, col] = w2[c, t, a] where f = a*k + c and col = t*k + c, zero off that permuted block diagonal.
+    Offsets into w2, and the mask of W's non-zero entries."""
+    c = f % NBLOCKS
+    offset, exists = _w2_index(c, col // NBLOCKS, f // NBLOCKS, out_blksz, BLK_R)
+    return offset, exists & (c == col % NBLOCKS)
 
 
 @triton.jit(do_not_specialize=["rows"])
@@ -66,114 +110,122 @@ def _monarch_forward_kernel(
     for j in range(NBLOCKS):
         acc = tl.zeros((BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
         for q0 in range(0, in_blksz, BLOCK_IN):
-            col = j * in_blksz + q0 + q
-            col_ok = (q0 + q < in_blksz) & (col < in_features)  # zero-pads x past in_features
-            x_tile = tl.load(x_ptr + row[:, None] * in_features + col[None, :],
-                             mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-            w1_tile = tl.load(w1_ptr + (j * BLK_R + i[None, :]) * in_blksz + q0 + q[:, None],  # (BLOCK_IN, BLOCK_R)
-                              mask=(i[None, :] < BLK_R) & (q0 + q[:, None] < in_blksz), other=0.0)
-            acc = tl.dot(x_tile, w1_tile, acc, input_precision=DOT_PRECISION)
-        tl.store(h_ptr + row[:, None] * FEATURES + j * BLK_R + i[None, :], acc.to(h_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (i[None, :] < BLK_R))
+            x_at, x_ok = _input_tile(row, row_ok, j, q0 + q, in_features, in_blksz)
+            w1_at, w1_ok = _w1_index(j, i[None, :], q0 + q[:, None], in_blksz, BLK_R)  # (BLOCK_IN, BLOCK_R)
+            acc = tl.dot(tl.load(x_ptr + x_at, mask=x_ok, other=0.0), tl.load(w1_ptr + w1_at, mask=w1_ok, other=0.0),
+                         acc, input_precision=DOT_PRECISION)
+        h_at, h_ok = _tile(row, row_ok, j * BLK_R + i, i < BLK_R, FEATURES)
+        tl.store(h_ptr + h_at, acc.to(h_ptr.dtype.element_ty), mask=h_ok)
 
     # All threads of the program must have stored their part of h before any reads it back.
     tl.debug_barrier()
 
     n = tl.arange(0, BLOCK_OUT)
     if EXPANDED:
-        # y[b, col] = sum_f h[b, f] W[f, col]; W[f, t*k + c] = w2[c, t, a] where f = a*k + c, else 0.
+        # y[b, col] = sum_f h[b, f] W[f, col], in contiguous tiles of y.
         f = tl.arange(0, KR_PAD)
-        f_c, f_a = f % NBLOCKS, f // NBLOCKS
-        h_tile = tl.load(h_ptr + row[:, None] * FEATURES + f[None, :],
-                         mask=row_ok[:, None] & (f[None, :] < FEATURES), other=0.0)  # (BLOCK_ROWS, KR_PAD)
+        h_at, h_ok = _tile(row, row_ok, f, f < FEATURES, FEATURES)
+        h_tile = tl.load(h_ptr + h_at, mask=h_ok, other=0.0)  # (BLOCK_ROWS, KR_PAD)
         for n0 in range(0, out_features, BLOCK_OUT):
             col = n0 + n
-            col_ok = col < out_features
-            w_tile = tl.load(w2_ptr + (f_c[:, None] * out_blksz + col[None, :] // NBLOCKS) * BLK_R + f_a[:, None],
-                             mask=(f[:, None] < FEATURES) & (f_c[:, None] == col[None, :] % NBLOCKS) & col_ok[None, :],
-                             other=0.0)  # (KR_PAD, BLOCK_OUT)
-            out = tl.dot(h_tile, w_tile, input_precision=DOT_PRECISION)
-            tl.store(y_ptr + row[:, None] * out_features + col[None, :], out.to(y_ptr.dtype.element_ty),
-                     mask=row_ok[:, None] & col_ok[None, :])
+            w_at, w_ok = _expanded_index(f[:, None], col[None, :], out_blksz, NBLOCKS, BLK_R)  # (KR_PAD, BLOCK_OUT)
+            out = tl.dot(h_tile, tl.load(w2_ptr + w_at, mask=w_ok, other=0.0), input_precision=DOT_PRECISION)
+            y_at, y_ok = _tile(row, row_ok, col, col < out_features, out_features)
+            tl.store(y_ptr + y_at, out.to(y_ptr.dtype.element_ty), mask=y_ok)
     else:
         # Per block c: out[b, t] = sum_a h[b, a*k + c] w2[c, t, a] (P1 as the load address), to y[b, t*k + c] (P2).
         for c in range(NBLOCKS):
-            g = tl.load(h_ptr + row[:, None] * FEATURES + i[None, :] * NBLOCKS + c,
-                        mask=row_ok[:, None] & (i[None, :] < BLK_R), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
+            g_at, g_ok = _tile(row, row_ok, i * NBLOCKS + c, i < BLK_R, FEATURES)
+            g = tl.load(h_ptr + g_at, mask=g_ok, other=0.0)  # (BLOCK_ROWS, BLOCK_R)
             for t0 in range(0, out_blksz, BLOCK_OUT):
                 t = t0 + n
-                w2_tile = tl.load(w2_ptr + (c * out_blksz + t[None, :]) * BLK_R + i[:, None],  # (BLOCK_R, BLOCK_OUT)
-                                  mask=(i[:, None] < BLK_R) & (t[None, :] < out_blksz), other=0.0)
-                out = tl.dot(g, w2_tile, input_precision=DOT_PRECISION)
-                col = t * NBLOCKS + c
-                tl.store(y_ptr + row[:, None] * out_features + col[None, :], out.to(y_ptr.dtype.element_ty),
-                         mask=row_ok[:, None] & (t[None, :] < out_blksz) & (col[None, :] < out_features))
+                w2_at, w2_ok = _w2_index(c, t[None, :], i[:, None], out_blksz, BLK_R)  # (BLOCK_R, BLOCK_OUT)
+                out = tl.dot(g, tl.load(w2_ptr + w2_at, mask=w2_ok, other=0.0), input_precision=DOT_PRECISION)
+                col = t * NBLOCKS + c  # col < out_features implies t < s
+                y_at, y_ok = _tile(row, row_ok, col, col < out_features, out_features)
+                tl.store(y_ptr + y_at, out.to(y_ptr.dtype.element_ty), mask=y_ok)
 
 
-@triton.jit(do_not_specialize=["rows"])
-def _monarch_backward_input_kernel(
-    dy_ptr, w1_ptr, w2_ptr, dh_ptr, dx_ptr,
-    rows, in_features, out_features, in_blksz, out_blksz,
-    COMPUTE_DX: tl.constexpr,
+@triton.jit(do_not_specialize=["rows", "row0"])
+def _monarch_backward_kernel(
+    dy_ptr, x_ptr, w1_ptr, w2_ptr, h_ptr, dh_ptr, dx_ptr, dw1_ptr, dw2_ptr,
+    row0, rows, in_features, out_features, in_blksz, out_blksz,
+    COMPUTE_DH: tl.constexpr, COMPUTE_DX: tl.constexpr, COMPUTE_DW1: tl.constexpr, COMPUTE_DW2: tl.constexpr,
     NBLOCKS: tl.constexpr, BLK_R: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_IN: tl.constexpr, BLOCK_OUT: tl.constexpr, KR_PAD: tl.constexpr, EXPANDED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    row = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    pid = tl.program_id(0)
+    row = row0 + pid * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     row_ok = row < rows
     row = row.to(tl.int64)
     FEATURES = NBLOCKS * BLK_R
     i = tl.arange(0, BLOCK_R)
     n = tl.arange(0, BLOCK_OUT)
+    # This program's fp32 partial sums of dw1 (k, r, p) and dw2 (k, s, r), over its rows only; the launcher
+    # adds them up over the programs. Masked rows load as zeros and add nothing.
+    dw1_ptr += pid.to(tl.int64) * (FEATURES * in_blksz)
+    dw2_ptr += pid.to(tl.int64) * (FEATURES * out_blksz)
 
+    # Second factor, one pass over dy: dh = dy W^T, and dW = h^T dy, whose permuted block diagonal is dw2.
+    # Each partial sum goes to the addresses of the w2 entries it is the gradient of.
     if EXPANDED:
-        # dh[b, f] = sum_col dy[b, col] W[f, col]: contiguous dy tiles, one accumulator.
         f = tl.arange(0, KR_PAD)
-        f_c, f_a = f % NBLOCKS, f // NBLOCKS
+        h_at, h_ok = _tile(row, row_ok, f, f < FEATURES, FEATURES)
+        if COMPUTE_DW2:
+            h_tile = tl.load(h_ptr + h_at, mask=h_ok, other=0.0)  # (BLOCK_ROWS, KR_PAD)
         acc = tl.zeros((BLOCK_ROWS, KR_PAD), dtype=tl.float32)
-        for n0 in range(0, out_features, BLOCK_OUT):
+        # Columns run to k*s, past out_features where dy is zero, so that every entry of dw2 is written.
+        for n0 in range(0, NBLOCKS * out_blksz, BLOCK_OUT):
             col = n0 + n
-            col_ok = col < out_features
-            dy_tile = tl.load(dy_ptr + row[:, None] * out_features + col[None, :],
-                              mask=row_ok[:, None] & col_ok[None, :], other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
-            w_tile = tl.load(w2_ptr + (f_c[None, :] * out_blksz + col[:, None] // NBLOCKS) * BLK_R + f_a[None, :],
-                             mask=(f[None, :] < FEATURES) & (f_c[None, :] == col[:, None] % NBLOCKS) & col_ok[:, None],
-                             other=0.0)  # (BLOCK_OUT, KR_PAD): W^T
-            acc = tl.dot(dy_tile, w_tile, acc, input_precision=DOT_PRECISION)
-        tl.store(dh_ptr + row[:, None] * FEATURES + f[None, :], acc.to(dh_ptr.dtype.element_ty),
-                 mask=row_ok[:, None] & (f[None, :] < FEATURES))
+            dy_at, dy_ok = _tile(row, row_ok, col, col < out_features, out_features)
+            dy_tile = tl.load(dy_ptr + dy_at, mask=dy_ok, other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
+            w_at, w_ok = _expanded_index(f[None, :], col[:, None], out_blksz, NBLOCKS, BLK_R)  # (BLOCK_OUT, KR_PAD): W^T
+            if COMPUTE_DH:
+                acc = tl.dot(dy_tile, tl.load(w2_ptr + w_at, mask=w_ok, other=0.0), acc, input_precision=DOT_PRECISION)
+            if COMPUTE_DW2:
+                tl.store(dw2_ptr + w_at, tl.dot(tl.trans(dy_tile), h_tile, input_precision=DOT_PRECISION), mask=w_ok)
+        if COMPUTE_DH:
+            tl.store(dh_ptr + h_at, acc.to(dh_ptr.dtype.element_ty), mask=h_ok)
     else:
-        # Per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a] (P2 inverse in the load address,
-        # P1 inverse in the store address).
+        # Per block c: dh[b, a*k + c] = sum_t dy[b, t*k + c] w2[c, t, a] (P2 inverse in the load address, P1
+        # inverse in the store address), and dw2[c, t, a] = sum_b dy[b, t*k + c] h[b, a*k + c].
         for c in range(NBLOCKS):
+            g_at, g_ok = _tile(row, row_ok, i * NBLOCKS + c, i < BLK_R, FEATURES)
+            if COMPUTE_DW2:
+                g = tl.load(h_ptr + g_at, mask=g_ok, other=0.0)  # (BLOCK_ROWS, BLOCK_R)
             acc = tl.zeros((BLOCK_ROWS, BLOCK_R), dtype=tl.float32)
             for t0 in range(0, out_blksz, BLOCK_OUT):
                 t = t0 + n
-                col = t * NBLOCKS + c  # dy is zero past out_features
-                dy_tile = tl.load(dy_ptr + row[:, None] * out_features + col[None, :],
-                                  mask=row_ok[:, None] & (t[None, :] < out_blksz) & (col[None, :] < out_features),
-                                  other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
-                w2_tile = tl.load(w2_ptr + (c * out_blksz + t[:, None]) * BLK_R + i[None, :],  # (BLOCK_OUT, BLOCK_R)
-                                  mask=(t[:, None] < out_blksz) & (i[None, :] < BLK_R), other=0.0)
-                acc = tl.dot(dy_tile, w2_tile, acc, input_precision=DOT_PRECISION)
-            tl.store(dh_ptr + row[:, None] * FEATURES + i[None, :] * NBLOCKS + c, acc.to(dh_ptr.dtype.element_ty),
-                     mask=row_ok[:, None] & (i[None, :] < BLK_R))
+                col = t * NBLOCKS + c
+                dy_at, dy_ok = _tile(row, row_ok, col, col < out_features, out_features)
+                dy_tile = tl.load(dy_ptr + dy_at, mask=dy_ok, other=0.0)  # (BLOCK_ROWS, BLOCK_OUT)
+                w2_at, w2_ok = _w2_index(c, t[:, None], i[None, :], out_blksz, BLK_R)  # (BLOCK_OUT, BLOCK_R)
+                if COMPUTE_DH:
+                    acc = tl.dot(dy_tile, tl.load(w2_ptr + w2_at, mask=w2_ok, other=0.0), acc,
+                                 input_precision=DOT_PRECISION)
+                if COMPUTE_DW2:
+                    tl.store(dw2_ptr + w2_at, tl.dot(tl.trans(dy_tile), g, input_precision=DOT_PRECISION), mask=w2_ok)
+            if COMPUTE_DH:
+                tl.store(dh_ptr + g_at, acc.to(dh_ptr.dtype.element_ty), mask=g_ok)
 
-    if COMPUTE_DX:
+    # First factor, one pass over x and dx: dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q] and
+    # dw1[j, i, q] = sum_b dh[b, j*r + i] x[b, j*p + q], the partial sum at w1's addresses.
+    if COMPUTE_DH:
         tl.debug_barrier()  # dh of this tile complete before it is read block by block
         q = tl.arange(0, BLOCK_IN)
-        # First factor transposed: dx[b, j*p + q] = sum_i dh[b, j*r + i] w1[j, i, q].
         for j in range(NBLOCKS):
-            dh_j = tl.load(dh_ptr + row[:, None] * FEATURES + j * BLK_R + i[None, :],
-                           mask=row_ok[:, None] & (i[None, :] < BLK_R), other=0.0)  # (BLOCK_ROWS, BLOCK_R)
+            dh_at, dh_ok = _tile(row, row_ok, j * BLK_R + i, i < BLK_R, FEATURES)
+            dh_j = tl.load(dh_ptr + dh_at, mask=dh_ok, other=0.0)  # (BLOCK_ROWS, BLOCK_R)
             for q0 in range(0, in_blksz, BLOCK_IN):
-                w1_tile = tl.load(w1_ptr + (j * BLK_R + i[:, None]) * in_blksz + q0 + q[None, :],  # (BLOCK_R, BLOCK_IN)
-                                  mask=(i[:, None] < BLK_R) & (q0 + q[None, :] < in_blksz), other=0.0)
-                dx_tile = tl.dot(dh_j, w1_tile, input_precision=DOT_PRECISION)
-                col = j * in_blksz + q0 + q
-                col_ok = (q0 + q < in_blksz) & (col < in_features)  # padded inputs have no gradient
-                tl.store(dx_ptr + row[:, None] * in_features + col[None, :], dx_tile.to(dx_ptr.dtype.element_ty),
-                         mask=row_ok[:, None] & col_ok[None, :])
+                x_at, x_ok = _input_tile(row, row_ok, j, q0 + q, in_features, in_blksz)  # padded inputs: no gradient
+                w1_at, w1_ok = _w1_index(j, i[:, None], q0 + q[None, :], in_blksz, BLK_R)  # (BLOCK_R, BLOCK_IN)
+                if COMPUTE_DX:
+                    dx_tile = tl.dot(dh_j, tl.load(w1_ptr + w1_at, mask=w1_ok, other=0.0), input_precision=DOT_PRECISION)
+                    tl.store(dx_ptr + x_at, dx_tile.to(dx_ptr.dtype.element_ty), mask=x_ok)
+                if COMPUTE_DW1:
+                    x_tile = tl.load(x_ptr + x_at, mask=x_ok, other=0.0)  # (BLOCK_ROWS, BLOCK_IN)
+                    tl.store(dw1_ptr + w1_at, tl.dot(tl.trans(dh_j), x_tile, input_precision=DOT_PRECISION), mask=w1_ok)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -305,34 +357,61 @@ def monarch_forward(x: Tensor, w1: Tensor, w2: Tensor, out_features: int, tiles:
     return y.view(*x.shape[:-1], out_features), h
 
 
+def backward_name(need_dx: bool, need_dw1: bool, need_dw2: bool) -> str:
+    """The backward kernel variant that computes these gradients, as `stats` names it: "backward_dx_dw1_dw2",
+    "backward_dw1_dw2" (an input without gradient, as at the first adapted layer), ..."""
+    return "_".join(["backward"] + [g for g, need in (("dx", need_dx), ("dw1", need_dw1), ("dw2", need_dw2)) if need])
+
+
+def _add_partials(total: Tensor | None, partials: Tensor) -> Tensor:
+    """The sum over programs of one launch's partial sums, added to the previous launches'."""
+    return partials.sum(0) if total is None else total.add_(partials.sum(0))
+
+
 def monarch_backward(
     dy: Tensor, x: Tensor, w1: Tensor, w2: Tensor, h: Tensor, need_dx: bool, need_dw1: bool, need_dw2: bool,
     tiles: Tiles, stats: dict | None = None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(dx, dw1, dw2) with None for a gradient not asked for, which is never computed. `stats` as for
-    monarch_forward."""
+    """(dx, dw1, dw2) with None for a gradient not asked for, which is never computed; all of them from one
+    kernel launch (several past MAX_PARTIAL_BYTES), then the sum of the weight gradients' per-program partial
+    sums. `stats` as for monarch_forward."""
     _check_inputs(x, w1, w2)
     rows, in_features, k, r, p, s = _launch_sizes(x, w1, w2)
-    dx = dw1 = dw2 = None
-    if need_dx or need_dw1:
-        dy2 = dy.reshape(rows, dy.shape[-1]).contiguous()
-        dh = torch.empty(rows, k * r, dtype=x.dtype, device=x.device)
-        dx2 = torch.empty(rows, in_features, dtype=x.dtype, device=x.device) if need_dx else dh  # dh: an unused pointer
-        if rows:
-            grid = (triton.cdiv(rows, tiles.block_rows),)
-            with _on_device_of(x):
-                compiled = _monarch_backward_input_kernel[grid](
-                    dy2, w1.contiguous(), w2.contiguous(), dh, dx2, rows, in_features, dy.shape[-1], p, s,
-                    COMPUTE_DX=need_dx, NBLOCKS=k, BLK_R=r, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
-                )
-                _record(stats, "backward_dx" if need_dx else "backward_dh", compiled)
-        if need_dx:
-            dx = dx2.view(x.shape)
-        if need_dw1:
-            dw1 = first_factor_weight_grad(dh, x, k, p)
+    out_features = dy.shape[-1]
+    need_dh = need_dx or need_dw1
+    if not (need_dh or need_dw2):
+        return None, None, None
+    dy2 = dy.reshape(rows, out_features).contiguous()
+    w1, w2 = w1.contiguous(), w2.contiguous()
+    # h stands in for the pointers a variant never touches.
+    x2 = x.reshape(rows, in_features).contiguous() if need_dw1 else h
+    dh = torch.empty(rows, k * r, dtype=x.dtype, device=x.device) if need_dh else h
+    dx = torch.empty(rows, in_features, dtype=x.dtype, device=x.device) if need_dx else h
+    dw1 = dw2 = None
+    partial_bytes = 4 * k * r * ((p if need_dw1 else 0) + (s if need_dw2 else 0))
+    rows_per_launch = max(1, MAX_PARTIAL_BYTES // max(partial_bytes, 1)) * tiles.block_rows
+    f32 = dict(dtype=torch.float32, device=x.device)
+    with _on_device_of(x):
+        for row0 in range(0, rows, rows_per_launch):
+            programs = triton.cdiv(min(rows_per_launch, rows - row0), tiles.block_rows)
+            dw1_part = torch.empty(programs, k, r, p, **f32) if need_dw1 else h
+            dw2_part = torch.empty(programs, k, s, r, **f32) if need_dw2 else h
+            compiled = _monarch_backward_kernel[(programs,)](
+                dy2, x2, w1, w2, h, dh, dx, dw1_part, dw2_part,
+                row0, rows, in_features, out_features, p, s,
+                COMPUTE_DH=need_dh, COMPUTE_DX=need_dx, COMPUTE_DW1=need_dw1, COMPUTE_DW2=need_dw2,
+                NBLOCKS=k, BLK_R=r, DOT_PRECISION=_dot_precision(x.dtype), **tiles.kernel_args(),
+            )
+            _record(stats, backward_name(need_dx, need_dw1, need_dw2), compiled)
+            if need_dw1:
+                dw1 = _add_partials(dw1, dw1_part)
+            if need_dw2:
+                dw2 = _add_partials(dw2, dw2_part)
+    if need_dw1:
+        dw1 = dw1.to(x.dtype) if dw1 is not None else torch.zeros_like(w1)
     if need_dw2:
-        dw2 = bmm_backward(dy, x, w1, w2, h, False, False, True)[2]
-    return dx, dw1, dw2
+        dw2 = dw2.to(x.dtype) if dw2 is not None else torch.zeros_like(w2)
+    return (dx.view(x.shape) if need_dx else None), dw1, dw2
 
 
 # ---------------------------------------------------------------------------------------------------

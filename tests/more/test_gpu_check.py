@@ -43,7 +43,7 @@ def test_every_smoke_check_passes_and_covers_each_kernel_and_tiling(dry_run):
     out, _ = dry_run
     smoke = rows(out / "smoke.csv")
     assert smoke and all(r["passed"] == "True" for r in smoke), [r for r in smoke if r["passed"] != "True"]
-    assert {r["kernel"] for r in smoke} == {"forward", "backward_dx", "backward_dh"}
+    assert {r["kernel"] for r in smoke} == {"forward", "backward_dx_dw1_dw2", "backward_dw1_dw2"}
     assert {r["dtype"] for r in smoke} == {"bfloat16", "float32"}
     tilings = {r["tiles"] for r in smoke}
     assert len(tilings) == 6 and {"expanded=True" in t for t in tilings} == {True, False}  # both second factors

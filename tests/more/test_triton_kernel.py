@@ -119,6 +119,55 @@ def test_every_tuning_candidate_is_exact(kernels, candidate, nblocks, blk_r):
     assert_matches_reference((y, *grads), x, w1, w2, out_features, dy, torch.float32)
 
 
+# (in, out, nblocks, blk_r, tokens) for the fused backward: nblocks 4 and 16; blk_r 4, 8 and 32 (k*r 16 and 64
+# run the expanded second factor, 128 runs it per block); in != out both ways; no tile size divides the tokens.
+FUSED_BACKWARD_CASES = [
+    (64, 96, 4, 4, 37),
+    (96, 64, 16, 4, 70),
+    (80, 48, 4, 8, 45),
+    (64, 96, 4, 32, 19),
+    (96, 80, 16, 8, 33),
+]
+# Every combination a training step can ask for: all, no dx (first layer), one weight frozen, dx alone.
+GRADIENT_REQUESTS = [(True, True, True), (False, True, True), (True, False, True), (False, False, True),
+                     (False, True, False), (True, False, False)]
+
+
+def fused_backward_matches_reference(kernels, case, dtype, block_rows=32):
+    in_features, out_features, nblocks, blk_r, tokens = case
+    w1, w2 = factors(in_features, out_features, nblocks, blk_r, dtype)
+    x, dy = torch.randn(tokens, in_features, dtype=dtype), torch.randn(tokens, out_features, dtype=dtype)
+    tiles = kernels.plan_tiles(nblocks, blk_r, w1.shape[2], w2.shape[1], block_rows)
+    h = kernels.monarch_forward(x, w1, w2, out_features, tiles)[1]
+    want = output_and_grads(monarch_reference, x.double(), w1.double(), w2.double(), out_features, dy.double())[1:]
+    for needs in GRADIENT_REQUESTS:
+        got = kernels.monarch_backward(dy, x, w1, w2, h, *needs, tiles=tiles)
+        for name, a, b, needed in zip(("dx", "dw1", "dw2"), got, want, needs):
+            if not needed:
+                assert a is None, (name, needs)
+                continue
+            assert a.dtype == dtype and a.shape == b.shape, (name, needs)
+            error = (a.double() - b).abs().max() / b.abs().max()
+            assert error <= TOLERANCE[dtype], f"{name} {needs}: relative error {error:.2e}"
+
+
+@under_interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", FUSED_BACKWARD_CASES, ids=lambda c: "{}x{}-k{}-r{}-T{}".format(*c))
+def test_fused_backward_gradients_match_reference(kernels, case, dtype):
+    """dx, dw1 and dw2 from the one backward launch (weight gradients as per-program partial sums), for every
+    combination of gradients asked for."""
+    fused_backward_matches_reference(kernels, case, dtype)
+
+
+@under_interpreter
+@pytest.mark.parametrize("case", [FUSED_BACKWARD_CASES[0], FUSED_BACKWARD_CASES[3]], ids=["expanded", "per-block"])
+def test_fused_backward_over_several_launches(kernels, monkeypatch, case):
+    """Past MAX_PARTIAL_BYTES of partial sums the rows are split over launches, whose sums add up."""
+    monkeypatch.setattr(kernels, "MAX_PARTIAL_BYTES", 1)  # one program per launch
+    fused_backward_matches_reference(kernels, case, torch.float32, block_rows=16)
+
+
 @under_interpreter
 def test_largest_sizes_blk_r_64_nblocks_64(kernels):
     """k*r = 4096 features per token: the second factor runs block by block, not expanded."""
@@ -182,8 +231,12 @@ def test_custom_op_with_triton_backend_passes_opcheck(kernels):
 @under_interpreter
 def test_no_tokens(kernels):
     w1, w2 = factors(64, 64, 4, 4)
-    y, h = kernels.monarch_forward(torch.randn(0, 64), w1, w2, 64, kernels.default_tiles(4, 4, 16, 16))
+    tiles = kernels.default_tiles(4, 4, 16, 16)
+    x = torch.randn(0, 64)
+    y, h = kernels.monarch_forward(x, w1, w2, 64, tiles)
     assert y.shape == (0, 64) and h.shape == (0, 16)
+    dx, dw1, dw2 = kernels.monarch_backward(torch.randn(0, 64), x, w1, w2, h, True, True, True, tiles)
+    assert dx.shape == (0, 64) and not dw1.any() and not dw2.any() and dw1.shape == w1.shape
 
 
 @under_interpreter
