@@ -33,8 +33,8 @@ def test_list_names_studies_models_tasks_and_adapters(capsys):
 
 def test_dry_run_lists_the_trials_with_their_counts_on_the_meta_device(capsys):
     status, out, _ = run(capsys, "run", "rank_ablation", "--dry-run", "--profile", "cpu")
-    # the search: 2 MoRe, 3 LoRA at 3 rates, at seed 0; the two references at each of the 3 seeds
-    assert status == 0 and "21 trials" in out and "then the other seeds" in out and "10 more trials" in out
+    # the search: 2 MoRe, 3 LoRA at 4 rates, at seed 0; the two references at each of the 3 seeds
+    assert status == 0 and "26 trials" in out and "then the other seeds" in out and "10 more trials" in out
     lines = out.split("trial_id")[1].splitlines()
     more = next(line for line in lines if "more(blk_r=4,nblocks=4)" in line)
     assert "64 x 16" in more and "55,296" in more  # 18 matrices of 384 x 384 at 3,072 parameters each
@@ -53,10 +53,10 @@ def test_dry_run_says_which_knob_value_each_method_was_matched_at(capsys):
         return line.split()
 
     # entry, method, [label,] knob, its count, the MoRe configuration it matched and that one's count
-    assert row("vera", "r=384")[-3:] == ["13,824", "more(blk_r=1,nblocks=4)", "13,824"]
+    assert row("vera", "r=2688")[-3:] == ["55,296", "more(blk_r=4,nblocks=4)", "55,296"]
     assert row("fourierft", "n_frequency=3072")[-3:] == ["55,296", "more(blk_r=4,nblocks=4)", "55,296"]
-    assert row("boft", "boft_block_size=2")[-3:] == ["20,736", "more(blk_r=1,nblocks=4)", "13,824"]
-    assert row("DoRA", "r=1,use_dora=True")[-3:] == ["20,736", "more(blk_r=1,nblocks=4)", "13,824"]
+    assert row("boft", "boft_block_size=8")[-3:] == ["62,208", "more(blk_r=4,nblocks=4)", "55,296"]
+    assert row("DoRA", "r=3,use_dora=True")[-3:] == ["48,384", "more(blk_r=4,nblocks=4)", "55,296"]
     assert row("ia3")[-4:] == ["own", "size", "6,912", "-"]  # no knob, matched to nothing
     methods = {line.split()[1] for line in plan if line.strip().startswith("adapters[")}
     assert methods == {"more", "lora", "vera", "boft", "oft", "loha", "lokr", "fourierft", "ia3", "c3a"}
