@@ -241,7 +241,8 @@ profiles:
     assert "learning rates chosen on validation: lora(lora_alpha=2,r=1) " in run.stdout  # the tuned arm alone
     trials = pd.read_csv(results / "tuned" / "trials.csv")
     lora = trials[trials.adapter == "lora"]
-    chosen = float(run.stdout.split("lora(lora_alpha=2,r=1) ")[1].split(";")[0].split()[0])
+    line = next(line for line in run.stdout.splitlines() if line.startswith("learning rates chosen on validation"))
+    chosen = float(line.split("lora(lora_alpha=2,r=1) ")[1].split(";")[0])
     assert sorted(lora[lora.seed == 0].lr) == [1e-4, 1e-1]
     assert list(lora[lora.seed == 1].lr) == [pytest.approx(chosen)]
     assert len(trials) == 2 + 1 + 4 and (trials.status == "ok").all()  # the references ran at both seeds
