@@ -126,18 +126,17 @@ def parameter_plan_table(study: Study) -> str:
 def cmd_run(args) -> int:
     profile = args.profile or default_profile(args.study)
     study = load_study(args.study, profile=profile)
-    if study.learning_rates == "reference":
-        first = study.at_rates(reference_rates(study, profile))
-    else:
-        first = study.search()
+    searching = study.learning_rates == "validation"
+    first = study.search() if searching else study.at_rates(reference_rates(study, profile))
+    later = _seed_count(study) if searching else 0  # trials the seeds after the search add
     if args.dry_run:
-        print(f"study {study.name} ({study.path}), profile {profile}: {len(select(first, args.only))} trials")
+        shown = select(first, args.only)
+        print(f"study {study.name} ({study.path}), profile {profile}: {len(shown)} trials")
         print(parameter_plan_table(study))
-        print(dry_run_table(select(first, args.only)))
-        later = len(study.trials) - len(first)
-        if study.learning_rates == "validation" and later:
+        print(dry_run_table(shown))
+        if later:
             print(f"then the other seeds of each tuned arm at the rate chosen on validation at seed {study.tuning_seed}: "
-                  f"{_seed_count(study)} more trials")
+                  f"{later} more trials")
         return 0
     store = Store(study.name, args.results_dir)
     if args.fresh:
@@ -146,7 +145,7 @@ def cmd_run(args) -> int:
             print(f"previous results moved to {moved}")
     executor = make_executor(args.executor, args.jobs or study.jobs, args.address)
     counts = run_study(study, select(first, args.only), executor, store, args.retry_failed)
-    if study.learning_rates == "validation" and len(first) < len(study.trials):
+    if later:
         chosen = analysis.chosen_rates(study.name, args.results_dir)
         tuned = {rate_key(t) for t in first if study.tuned(t)}
         print("learning rates chosen on validation: " + "; ".join(f"{key[2]} {lr:g}" for key, lr in chosen.items()
