@@ -14,7 +14,7 @@ HARNESS := $(PY) -m harness
 STUDY_FLAGS ?=
 
 .PHONY: setup test bench gpu-check clean-venv figures paper-figures \
-        study-rank-ablation study-block-ablation study-efficiency
+        study-rank-ablation study-block-ablation study-methods study-efficiency
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ study-block-ablation: setup
 	$(HARNESS) run block_ablation $(STUDY_FLAGS)
 	$(HARNESS) figures block_ablation
 	$(HARNESS) analyse block_ablation
+
+study-methods: setup
+	$(HARNESS) run methods $(STUDY_FLAGS)
+	$(HARNESS) figures methods
+	$(HARNESS) analyse methods
 
 study-efficiency: setup
 	$(HARNESS) run efficiency $(STUDY_FLAGS)

@@ -135,36 +135,44 @@ def error_text(err: BaseException) -> str:
 
 
 class Timer:
-    """(median, IQR) in ms of a function. On CUDA one pair of events around each run, and `flush_bytes`
-    written before each so that no run finds the previous one's data in L2."""
+    """(median, IQR) in ms of a function. On CUDA one pair of events around each run, `flush_bytes` written
+    before each so that no run finds the previous one's data in L2, and with `gpu_time` each run queued behind a
+    sleep so that the events time the GPU's work alone (more.dispatch.gpu_times): the kernel stage's yardstick.
+    Without it the events also count the time the host takes to issue the run, as a training step does."""
 
     def __init__(self, plan: Plan):
         self.plan = plan
         self.cuda = plan.device == "cuda"
         self.flush = torch.empty(plan.flush_bytes // 4, dtype=torch.float32, device=plan.device) if self.cuda else None
 
-    def __call__(self, fn, repeats: int | None = None, warmup: int | None = None) -> tuple[float, float]:
+    def __call__(self, fn, repeats: int | None = None, warmup: int | None = None,
+                 gpu_time: bool = False) -> tuple[float, float]:
+        from more.dispatch import gpu_times
+
         repeats = repeats or self.plan.repeats
         for _ in range(self.plan.warmup if warmup is None else warmup):
             fn()
-        times = []
         if self.cuda:
-            torch.cuda.synchronize()
-            events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-            for start, end in events:
-                self.flush.zero_()
-                start.record()
-                fn()
-                end.record()
-            torch.cuda.synchronize()
-            times = [start.elapsed_time(end) for start, end in events]
+            times = gpu_times(fn, repeats, before=self.flush.zero_, hold=gpu_time)
         else:
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-        return statistics.median(times), q[2] - q[0]
+            times = self.host_times(fn, repeats)
+        return median_iqr(times)
+
+    @staticmethod
+    def host_times(fn, repeats: int) -> list[float]:
+        """Milliseconds the host spends in each call (on CUDA: issuing it, as the GPU may still be running)."""
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return times
+
+
+def median_iqr(times: list[float]) -> tuple[float, float]:
+    """(median, interquartile range)."""
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return statistics.median(times), q[2] - q[0]
 
 
 class Deadline:

@@ -3,7 +3,10 @@
 Paths: more-triton (kernel="triton"), more-bmm, more-reference, and PEFT LoRA (on a one-Linear module, its
 update path lora_B(lora_A(x)) * scaling) at equal trainable parameters (r = params / (in + out)) and at equal
 rank (r = nblocks * blk_r). Passes: forward, and forward + backward (gradients of x and of the adapter's
-weights). CUDA events around each run, L2 flushed before each, median and IQR of plan.repeats runs.
+weights). CUDA events around each run, L2 flushed before each, median and IQR of plan.repeats runs, each run
+queued behind a GPU sleep so that the events time the GPU's work (more.dispatch.gpu_times); `host_ms` is the
+median time the host takes to issue one run. Where host_ms exceeds median_ms, an eager caller at that size waits
+on Python and launches, not on the GPU (a full model's own matmuls usually hide it).
 Also the device-to-device copy bandwidth, the yardstick of the bandwidth fractions in the summary.
 
 Bytes each pass must move at the least (the byte formula of the summary; e = element size, T tokens,
@@ -18,10 +21,10 @@ import sys
 import torch
 from torch import nn
 
-from gpu_common import CUDA_FAULT, CsvLog, Deadline, Plan, Timer, cuda_broken, error_text, torch_dtype
+from gpu_common import CUDA_FAULT, CsvLog, Deadline, Plan, Timer, cuda_broken, error_text, median_iqr, torch_dtype
 
 COLUMNS = ["shape", "in_features", "out_features", "tokens", "nblocks", "blk_r", "dtype", "path", "rank", "pass",
-           "median_ms", "iqr_ms", "repeats", "bytes", "gbps", "message"]
+           "median_ms", "iqr_ms", "host_ms", "repeats", "bytes", "gbps", "message"]
 
 
 def forward_bytes(e: int, tokens: int, in_f: int, out_f: int, kr: int, params: int) -> int:
@@ -65,7 +68,7 @@ def more_update(path: str, w1, w2, out_f: int):
 def copy_bandwidth(plan: Plan, log: CsvLog, timer: Timer) -> None:
     src = torch.empty(plan.copy_bytes, dtype=torch.uint8, device=plan.device)
     dst = torch.empty_like(src)
-    ms, iqr = timer(lambda: dst.copy_(src))
+    ms, iqr = timer(lambda: dst.copy_(src), gpu_time=True)
     log.add(path="device-copy", **{"pass": "copy"}, median_ms=ms, iqr_ms=iqr, repeats=plan.repeats,
             bytes=2 * plan.copy_bytes, gbps=2 * plan.copy_bytes / (ms * 1e6))
 
@@ -115,9 +118,10 @@ def run(plan: Plan, out, deadline: Deadline, use_triton: bool = True) -> int:
                     ("forward_backward", lambda: torch.autograd.grad(fn(x), inputs, dy),
                      train_bytes(e, tokens, in_f, out_f, rank or k * r, params)),
                 ):
-                    ms, iqr = timer(step)
-                    log.add(**row, **{"pass": name}, median_ms=ms, iqr_ms=iqr, repeats=plan.repeats, bytes=nbytes,
-                            gbps=nbytes / (ms * 1e6))
+                    ms, iqr = timer(step, gpu_time=True)
+                    host_ms = median_iqr(timer.host_times(step, plan.repeats))[0]
+                    log.add(**row, **{"pass": name}, median_ms=ms, iqr_ms=iqr, host_ms=host_ms, repeats=plan.repeats,
+                            bytes=nbytes, gbps=nbytes / (ms * 1e6))
             except Exception as err:
                 log.add(**row, message=error_text(err))
                 if cuda_broken(plan.device):

@@ -14,7 +14,8 @@ computed in float64 on the call's own tensors; the worst per-row relative error 
 
 The key: direction, device, dtype, torch.get_float32_matmul_precision(), in and out features, k, r, the
 token count's power of two, and the gradients asked for. On CUDA each key is timed (`MEASURE_REPEATS` runs,
-median, CUDA events); on the CPU interpreter kernel="triton" checks the default tiling only, untimed.
+median of the GPU's time, launch overhead hidden: `gpu_times`); on the CPU interpreter kernel="triton" checks
+the default tiling only, untimed.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from .reference import reference_outputs
 from .shapes import token_count
 
 BACKENDS = ("auto", "bmm", "triton")
-MEASURE_REPEATS = 5
+MEASURE_REPEATS = 10
 
 # Worst per-row relative error allowed against the float64 reference: about 8 units in the last place of
 # the stored format (inputs, h and dh are rounded to it on the way, as on the bmm path), and for fp32 the
@@ -180,21 +181,40 @@ def check(outputs: tuple, reference: tuple, dtype: torch.dtype) -> float | str:
     return f"relative error {worst:.3g} > tolerance {tolerance(dtype):.3g}"
 
 
+# Cycles of torch.cuda._sleep queued before each timed CUDA run (about 1 ms): the host issues the run while the
+# GPU waits, so that the events time the GPU's work and not Python's launch overhead, which in eager mode can
+# exceed the kernels' own time at these sizes.
+HOLD_CYCLES = 2_000_000
+
+
+def gpu_times(fn, repeats: int, before=None, hold: bool = True) -> list[float]:
+    """Milliseconds of each of `repeats` runs of `fn` on the current CUDA device: CUDA events around each run,
+    each queued behind `before()` (e.g. an L2 flush) and, with `hold`, behind a sleep (see HOLD_CYCLES) so that
+    the events time the GPU's work alone. Without `hold` they also count the host's time to issue the run."""
+    hold = getattr(torch.cuda, "_sleep", None) if hold else None
+    torch.cuda.synchronize()
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for start, end in events:
+        if before is not None:
+            before()
+        if hold is not None:
+            hold(HOLD_CYCLES)
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
+
+
 def _median_ms(fn, device: torch.device, repeats: int) -> float:
     fn()  # warm-up, compiles on first call
+    if device.type == "cuda":
+        return statistics.median(gpu_times(fn, repeats))
     times = []
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
 
 

@@ -45,8 +45,10 @@ def test_every_smoke_check_passes_and_covers_each_kernel_and_tiling(dry_run):
     assert smoke and all(r["passed"] == "True" for r in smoke), [r for r in smoke if r["passed"] != "True"]
     assert {r["kernel"] for r in smoke} == {"forward", "backward_dx_dw1_dw2", "backward_dw1_dw2"}
     assert {r["dtype"] for r in smoke} == {"bfloat16", "float32"}
-    tilings = {r["tiles"] for r in smoke}
-    assert len(tilings) == 6 and {"expanded=True" in t for t in tilings} == {True, False}  # both second factors
+    from more.kernels.triton_monarch import TUNING_CANDIDATES
+
+    tilings = {r["tiles"] for r in smoke}  # every candidate, at the expanded and at the per-block second factor
+    assert len(tilings) == 2 * len(TUNING_CANDIDATES) and {"expanded=True" in t for t in tilings} == {True, False}  # both second factors
     assert all(0 <= float(r["error"]) <= float(r["tolerance"]) for r in smoke)
 
 
