@@ -29,6 +29,11 @@ def draw_ours(ax, points: pd.DataFrame, colours: dict, lines: pd.DataFrame) -> N
         marker = OURS_MARKERS[combos.index((model, task)) % len(OURS_MARKERS)]
         draw_series(ax, group, colours[series], f"{source} · {model} / {task} · {series}", marker,
                     SOURCE_LOOKS[order.index(source)], band=True)
+        if len(group) == 1 and source == order[0]:  # a one-point series is named at its point
+            point = group.iloc[0]
+            ax.annotate(series, (point["x"], point["hi"] if pd.notna(point["hi"]) else point["y"]),
+                        xytext=(0, 3), textcoords="offset points", rotation=90, ha="center", va="bottom",
+                        fontsize=5, color=colours[series])
     styles = [":", "-.", (0, (1, 3))]
     for i, (_, line) in enumerate(lines.iterrows()):
         alpha = SOURCE_LOOKS[order.index(line[SOURCE])].get("alpha", 1) if line[SOURCE] in order else 1

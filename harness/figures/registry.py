@@ -69,10 +69,18 @@ class Figure:
     draw: Callable[[pd.DataFrame, Path], list[Path]]
 
 
+def only_more_and_lora(results: pd.DataFrame) -> bool:
+    """Whether a study compares MoRe with LoRA alone, as the paper's figures do (a study of many PEFT methods
+    gets no paper panel: the paper has no series of theirs)."""
+    return set(results.get("adapter", pd.Series(dtype=str)).dropna()) <= {"more", "lora", "none"}
+
+
 def each_quality(figure, paper_table: Callable[[], pd.DataFrame]):
-    """Draws a quality figure on the task metric and on the held-out loss, the paper's series beside ours."""
-    return lambda results, out_dir: [path for q in QUALITIES for path in
-                                     attempt(figure, results, paper_table(), out_dir=out_dir, quality=q)]
+    """Draws a quality figure on the task metric and on the held-out loss, the paper's series beside ours where
+    the study compares what the paper does."""
+    return lambda results, out_dir: [
+        path for q in QUALITIES for path in
+        attempt(figure, results, paper_table() if only_more_and_lora(results) else None, out_dir=out_dir, quality=q)]
 
 
 def pareto_fronts(results: pd.DataFrame, out_dir) -> list[Path]:

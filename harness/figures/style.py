@@ -46,8 +46,9 @@ def series_colours(keys) -> dict:
     palette = sns.color_palette("colorblind", 10)
     ordered = [k for k in SERIES_ORDER if k in keys] + sorted(k for k in keys if k not in SERIES_ORDER)
     fixed = {k: SERIES_ORDER.index(k) for k in SERIES_ORDER}
-    free = iter(i for i in range(10) if i not in fixed.values())
-    return {k: palette[fixed[k] if k in fixed else next(free, 9) % 10] for k in ordered}
+    # the palette's free colours, then its darker shades (a study of every PEFT method has a dozen series)
+    free = iter([palette[i] for i in range(10) if i not in fixed.values()] + sns.color_palette("dark", 10))
+    return {k: palette[fixed[k]] if k in fixed else next(free, "0.3") for k in ordered}
 
 
 def new_figure(panels: int = 1, height: float = 2.1, width: float = COLUMN_WIDTH_IN):

@@ -282,3 +282,39 @@ def test_command_line(tmp_path, capsys):
     assert "efficiency: 4 figures in" in capsys.readouterr().out
     assert cli.main(["--results-dir", str(tmp_path / "empty")]) == 0
     assert "nothing to draw" in capsys.readouterr().out
+
+
+# ---- many methods at one size ---------------------------------------------------------------------
+
+def test_series_of_nearly_one_size_are_spread_and_lines_keep_their_counts():
+    import pandas as pd
+
+    from harness.figures.quality_params import spread_shared_x
+
+    points = pd.DataFrame({
+        "series": ["MoRe", "LoRA", "vera", "ia3", "MoRe", "LoRA", "LoRA"],
+        "x": [55_296, 55_296, 55_296, 6_912, 13_824, 13_824, 221_184],
+        "source": ["a"] * 7})
+    spread, largest = spread_shared_x(points)
+    at_55k = spread[points["x"] == 55_296]
+    assert at_55k["x"].nunique() == 3 and 0 < largest < 0.1  # three series at one count: moved apart, a little
+    assert (spread.loc[points["x"] != 55_296, "x"] == points.loc[points["x"] != 55_296, "x"]).all()  # pairs stay
+    # the same series at the same count moves by the same amount for every source
+    twice = pd.concat([points, points.assign(source="b")])
+    again, _ = spread_shared_x(twice)
+    assert list(again["x"].iloc[:7]) == list(again["x"].iloc[7:])
+    unchanged, none = spread_shared_x(points[points["series"].isin(["MoRe", "LoRA"])])
+    assert none == 0.0 and unchanged["x"].tolist() == [55_296, 55_296, 13_824, 13_824, 221_184]
+
+
+def test_the_paper_panel_sits_beside_studies_of_more_and_lora_only():
+    import pandas as pd
+
+    assert registry.only_more_and_lora(pd.DataFrame({"adapter": ["more", "lora", "none"]}))
+    assert not registry.only_more_and_lora(pd.DataFrame({"adapter": ["more", "lora", "vera", "none"]}))
+
+
+def test_a_dozen_series_get_a_dozen_colours():
+    names = ["MoRe", "LoRA", *(f"method {i}" for i in range(10))]
+    colours = style.series_colours(names)
+    assert len({tuple(c) for c in colours.values()}) == len(names)
