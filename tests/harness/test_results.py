@@ -12,18 +12,26 @@ def final(frame: pd.DataFrame, metric: str) -> pd.Series:
     return rows[rows.metric == metric].set_index("trial_id")["value"]
 
 
-@pytest.mark.parametrize("study", ["rank_ablation", "block_ablation", "efficiency"])
+# Studies whose shipped results are complete; the others ship what has finished so far (a rerun resumes them).
+COMPLETE = {"rank_ablation", "block_ablation", "efficiency"}
+
+
+@pytest.mark.parametrize("study", ["rank_ablation", "block_ablation", "efficiency", "methods"])
 def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
-    """A rerun on the CPU profile finds every trial done: no record is orphaned by a change of trial id."""
+    """A rerun on the CPU profile finds every shipped trial among those it plans, done: no record is orphaned by
+    a change of trial id. A complete study has them all."""
     if not (REFERENCE_DIR / study / "trials.csv").exists():
         pytest.skip(f"no shipped results for {study}")
     plan = load_study(study, "cpu")
     chosen = chosen_rates(study, REFERENCE_DIR)  # the search's choice on validation, then the seeds at it
     planned = {t.id for t in plan.search() + plan.at_rates(chosen)}
-    assert Store(study, REFERENCE_DIR).status() == dict.fromkeys(planned, "ok")
+    status = Store(study, REFERENCE_DIR).status()
+    assert set(status) <= planned and set(status.values()) == {"ok"}
+    if study in COMPLETE:
+        assert set(status) == planned
 
 
-@pytest.mark.parametrize("study", ["rank_ablation", "block_ablation"])
+@pytest.mark.parametrize("study", ["rank_ablation", "block_ablation", "methods"])
 def test_shipped_training_results_hold_their_per_example_outputs_and_references(study):
     """Every training trial finished, kept its output on every validation and test example, and those outputs
     give back the accuracy and loss it reports; both references ran beside the adapters."""
