@@ -147,7 +147,7 @@ class Timer:
 
     def __call__(self, fn, repeats: int | None = None, warmup: int | None = None,
                  gpu_time: bool = False) -> tuple[float, float]:
-        from more.dispatch import gpu_times
+        from more.dispatch import gpu_times, host_times
 
         repeats = repeats or self.plan.repeats
         for _ in range(self.plan.warmup if warmup is None else warmup):
@@ -155,18 +155,8 @@ class Timer:
         if self.cuda:
             times = gpu_times(fn, repeats, before=self.flush.zero_, hold=gpu_time)
         else:
-            times = self.host_times(fn, repeats)
+            times = host_times(fn, repeats)
         return median_iqr(times)
-
-    @staticmethod
-    def host_times(fn, repeats: int) -> list[float]:
-        """Milliseconds the host spends in each call (on CUDA: issuing it, as the GPU may still be running)."""
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
-        return times
 
 
 def median_iqr(times: list[float]) -> tuple[float, float]:

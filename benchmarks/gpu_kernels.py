@@ -75,6 +75,7 @@ def copy_bandwidth(plan: Plan, log: CsvLog, timer: Timer) -> None:
 
 def run(plan: Plan, out, deadline: Deadline, use_triton: bool = True) -> int:
     import more.dispatch as dispatch
+    from more.dispatch import host_times
     from more.shapes import monarch_shape
 
     log = CsvLog(out / "kernels.csv", COLUMNS)
@@ -119,7 +120,7 @@ def run(plan: Plan, out, deadline: Deadline, use_triton: bool = True) -> int:
                      train_bytes(e, tokens, in_f, out_f, rank or k * r, params)),
                 ):
                     ms, iqr = timer(step, gpu_time=True)
-                    host_ms = median_iqr(timer.host_times(step, plan.repeats))[0]
+                    host_ms = median_iqr(host_times(step, plan.repeats))[0]
                     log.add(**row, **{"pass": name}, median_ms=ms, iqr_ms=iqr, host_ms=host_ms, repeats=plan.repeats,
                             bytes=nbytes, gbps=nbytes / (ms * 1e6))
             except Exception as err:

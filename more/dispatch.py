@@ -206,16 +206,20 @@ def gpu_times(fn, repeats: int, before=None, hold: bool = True) -> list[float]:
     return [start.elapsed_time(end) for start, end in events]
 
 
-def _median_ms(fn, device: torch.device, repeats: int) -> float:
-    fn()  # warm-up, compiles on first call
-    if device.type == "cuda":
-        return statistics.median(gpu_times(fn, repeats))
+def host_times(fn, repeats: int) -> list[float]:
+    """Milliseconds the host spends in each of `repeats` calls of `fn` (on CUDA: issuing it, as the GPU may
+    still be running)."""
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return times
+
+
+def _median_ms(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up, compiles on first call
+    return statistics.median(gpu_times(fn, repeats) if device.type == "cuda" else host_times(fn, repeats))
 
 
 def measure(direction: str, x: Tensor, w1: Tensor, w2: Tensor, out_features: int, needs: tuple = (),
