@@ -79,6 +79,15 @@ def continuation_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return (logprobs * keep).sum(-1), keep.sum(-1)
 
 
+def sequences_per_example(task, decoder: bool, pooling: str | None) -> int:
+    """How many sequences one example puts through the model in a training step: a cross-encoder encodes each
+    multiple-choice option with its question, a bi-encoder the question and each option apart; a classifier and a
+    decoder (trained on the right continuation only) one sequence."""
+    if decoder or task.kind != "multiple_choice":
+        return 1
+    return task.num_classes + (1 if pooling == "biencoder" else 0)
+
+
 # ---- how encoders and decoders score a task ------------------------------------------------------------------------------
 
 class EncoderScoring:

@@ -30,6 +30,9 @@ import yaml
 from .adapters import NO_ADAPTER, make_adapter
 from .hints import did_you_mean
 from .layers import AdapterBuildError, adapter_params
+from .models import is_decoder
+from .scoring import sequences_per_example
+from .tasks import TASKS
 from .trial import FIELD_TYPES, TrialConfig, TrialConfigError, check_model, check_task, check_value
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "studies"
@@ -217,11 +220,15 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
         _check_profile(path, f"shapes[{i}]", shape)
     adapter_points = _adapter_points(path, raw["adapters"])
     study_level = {key: raw[key] for key in ("measure", "target_modules") if key in raw}
+    # a training trial counts no FLOPs: a training study that asks for them gets one counting trial per configuration
+    counts_flops = bool(raw.get("tasks")) and "flops" in study_level.get("measure", [])
+    if counts_flops:
+        study_level["measure"] = [m for m in study_level["measure"] if m != "flops"]
 
     if raw.get("tasks") and any(p["method"] == NO_ADAPTER for p in adapter_points):
         raise StudyError(path, "adapters", f"method {NO_ADAPTER!r}: every training study gets the head-only control "
                                            "and the calibrated untouched model as references; remove this entry")
-    trials = []
+    trials, counting = [], []
     for model, task, shape, seed in itertools.product(raw["models"], tasks, shapes, seeds):
         points = [{"adapter": adapter, "lr": lr, "label": label}
                   for adapter, lr, label in _match_params(path, adapter_points, model, raw.get("target_modules"))]
@@ -229,12 +236,31 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
             given = {**study_level, **budget, **shape, **point}
             trials.append(_trial(path, f"profiles.{profile}", kind="train" if task else "measure", model=model, task=task,
                                  seed=seed, profile=profile, **{k: v for k, v in given.items() if v is not None}))
+        if counts_flops and seed == min(seeds):
+            counting += _flop_trials(path, f"profiles.{profile}", points, model, task, {**study_level, **budget, **shape},
+                                   seed, profile)
     if not trials:
         raise StudyError(path, "adapters", "the grid is empty: no trial to run")
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
         raise StudyError(path, "adapters", "two grid points resolve to the same trial; remove the duplicate")
+    trials += {t.id: t for t in counting}.values()  # tasks of one shape share their counting trials
     return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs, learning_rates)
+
+
+def _flop_trials(path, profile_key: str, points, model, task, given, seed, profile) -> list[TrialConfig]:
+    """The FLOPs of one training step of each adapter configuration, counted by a measure trial at the training
+    step's shape: `batch` examples, each as many sequences of `seq_len` tokens as the task's scoring puts through
+    the model (every sequence padded to `seq_len`, so an upper bound). The references get none: a measure trial
+    without an adapter trains the whole model, which neither reference does."""
+    sequences = sequences_per_example(TASKS[task], is_decoder(model), given.get("pooling"))
+    shape = {"batch": given.get("batch", TrialConfig.batch) * sequences, "seq_len": given.get("seq_len")}
+    kept = {k: given[k] for k in ("target_modules", "pooling", "device", "dtype", "threads", "timeout_s")
+            if given.get(k) is not None}
+    configurations = {p["adapter"].text: p for p in points if p["adapter"] is not None}
+    return [_trial(path, profile_key, kind="measure", model=model, seed=seed, profile=profile, measure=["flops"],
+                   adapter=p["adapter"], label=p["label"], **kept, **{k: v for k, v in shape.items() if v is not None})
+            for p in configurations.values()]
 
 
 def _trial(path, profile_key: str, **config) -> TrialConfig:

@@ -16,6 +16,10 @@ from .tables import (RESULT_COLUMNS, NothingToDraw, config_label, cost_metric, d
                      notes_of, ok_only, per_trial, require, row_series, sources)
 
 
+COUNTED_IN_A_TRAINING_STUDY = ("FLOPs: counted by torch's FLOP counter on one training step of each adapter at the "
+                               "study's shape (every option a sequence padded to seq_len); FFTs count zero there")
+
+
 @styled
 def cost_panels(results: pd.DataFrame, *, out_dir, costs=("params", "flops", "memory", "time"),
                 name: str = "cost") -> list[Path]:
@@ -63,6 +67,8 @@ def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Pa
         captions.append(f"bars: {order[0]} solid, {order[1]} hatched and fainter beneath")
     if f"{metric}_iqr" in table and table[f"{metric}_iqr"].notna().any():
         captions.append("bars: median; whiskers: interquartile range of the repeats")
+    if metric.startswith("flops") and "kind" in results and (results["kind"] == "train").any():
+        captions.append(COUNTED_IN_A_TRAINING_STUDY)
     if metric == "time_step_s":
         captions.append(describe_sharing(results))
     if metric == "time_step_s" and notes_of(results, metric).startswith("mean"):

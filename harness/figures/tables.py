@@ -163,6 +163,8 @@ def describe_ours(results: pd.DataFrame) -> list[str]:
 
 
 def describe_runs(results: pd.DataFrame) -> list[str]:
+    if "kind" in results and (results["kind"] == "train").any():  # a training study's counting trials: captioned apart
+        results = results[results["kind"] == "train"]
     parts = [f"model {unique_text(results, 'model')}"]
     if unique_text(results, "task"):
         parts.append(f"task {unique_text(results, 'task')}")

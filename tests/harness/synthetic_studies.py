@@ -57,7 +57,8 @@ def training_rows(count, seed, skill):
 
 
 def training_config(method, params, seed, lr=1e-3, label=None, task="cola"):
-    config = {"model": "minilm", "task": task, "adapter": method, "adapter_params": params, "target_modules": None,
+    config = {"kind": "train", "model": "minilm", "task": task, "adapter": method, "adapter_params": params,
+              "target_modules": None,
               "lr": lr, "seed": seed, "profile": "cpu", "steps": STEPS, "batch": 8, "seq_len": 64}
     if label:
         config["label"] = label
@@ -90,6 +91,15 @@ def calibrated_trial(study, seed):
     rows = [row("trainable_params", 770, "params"), row("test_loss", 0.64, "nats"), row("test_loss_se", 0.012, "nats"),
             row("test_matthews", 0.08, "ratio"), row("test_matthews_se", 0.04, "ratio")]
     return finished_trial(study, {**training_config("none", {}, seed), "calibrate": True}, rows)
+
+
+def counting_records(study="rank_ablation"):
+    """The measure trials a training study that asks for FLOPs adds: one per adapter configuration, at the step's
+    shape (here 8 examples of 2 sequences each)."""
+    return [finished_trial(study, {"kind": "measure", "model": "minilm", "task": None, "adapter": method,
+                                   "adapter_params": params, "lr": 1e-3, "seed": 0, "profile": "cpu", "batch": 16,
+                                   "seq_len": 64}, [row("flops_train_step", 2e11 + 1e6 * adapter_count(params), "flops")])
+            for method, params in [("more", p) for p in MORE_RANKS] + [("lora", p) for p in LORA_RANKS]]
 
 
 def block_records(study="block_ablation"):

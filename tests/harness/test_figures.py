@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from synthetic_studies import efficiency_records, rank_records, write_all_studies, write_study
+from synthetic_studies import (LORA_RANKS, MORE_RANKS, counting_records, efficiency_records, rank_records,
+                               write_all_studies, write_study)
 
 from harness import paper
 from harness.figures import cli, registry, style, tables
@@ -151,6 +152,17 @@ def test_cost_panels_of_a_training_study_skip_what_was_not_measured(studies, tmp
     paths = cost_panels(studies[1]["rank_ablation"], out_dir=tmp_path)
     assert {p.stem for p in paths} == {"cost_params", "cost_memory", "cost_time"}
     assert "skipped flops" in capsys.readouterr().out
+
+
+def test_a_training_study_draws_the_flops_its_counting_trials_measured(tmp_path, drawn):
+    results = write_study(tmp_path / "results", rank_records(seeds=(0,)) + counting_records())
+    paths = cost_panels(results, out_dir=tmp_path, costs=("flops",))
+    assert {p.stem for p in paths} == {"cost_flops"}
+    title = drawn[-1]._suptitle.get_text().replace("\n", " ")
+    assert "counted by torch's FLOP counter" in title
+    assert "batch 8," in title and "16" not in title.split("FLOPs:")[0]  # the budget is the training trials'
+    bars = drawn[-1].axes[0].patches
+    assert len(bars) == len(MORE_RANKS) + len(LORA_RANKS)  # one per configuration, no reference
 
 
 @pytest.mark.parametrize("cost", ["memory", "time", "params"])

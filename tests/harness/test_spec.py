@@ -213,6 +213,21 @@ def test_search_runs_every_rate_at_the_first_seed_and_at_rates_keeps_the_chosen_
     assert {t.id for t in search if not study.tuned(t)} <= {t.id for t in later}
 
 
+def test_a_training_study_that_asks_for_flops_counts_them_once_per_configuration_at_the_step_shape(tmp_path):
+    plain = load_study(study_file(tmp_path, text=TUNED))
+    counted = load_study(study_file(tmp_path, text=TUNED.replace("tasks:", "measure: [params, flops, time]\ntasks:")))
+    training = [t for t in counted.trials if t.kind == "train"]
+    assert all("flops" not in t.measure for t in training)  # a training trial counts none
+    counting = [t for t in counted.trials if t.kind == "measure"]
+    assert sorted(t.arm for t in counting) == ["lora(lora_alpha=8,r=4)", "more(blk_r=1,nblocks=4)",
+                                               "more(blk_r=4,nblocks=4)"]  # each configuration once, no reference
+    assert {(t.measure, t.batch, t.seq_len, t.seed, t.task) for t in counting} == {(("flops",), 2 * 5, 16, 1, None)}
+    assert all(t in counted.search() and t in counted.at_rates({}) for t in counting)  # run in the first stage
+    without_flops = load_study(study_file(tmp_path, text=TUNED.replace("tasks:", "measure: [params, time]\ntasks:")))
+    assert {t.id for t in training} == {t.id for t in without_flops.trials}  # asking for FLOPs reruns nothing
+    assert not any(t.kind == "measure" for t in plain.trials)
+
+
 def test_learning_rates_takes_validation_or_reference_only(tmp_path):
     study = load_study(study_file(tmp_path, text=TUNED), profile="quick")
     assert study.learning_rates == "reference" and {t.seed for t in study.trials} == {0}
