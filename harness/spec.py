@@ -255,7 +255,7 @@ def _flop_trials(path, profile_key: str, points, model, task, given, seed, profi
     without an adapter trains the whole model, which neither reference does."""
     sequences = sequences_per_example(TASKS[task], is_decoder(model), given.get("pooling"))
     shape = {"batch": given.get("batch", TrialConfig.batch) * sequences, "seq_len": given.get("seq_len")}
-    kept = {k: given[k] for k in ("target_modules", "pooling", "device", "dtype", "threads", "timeout_s")
+    kept = {k: given[k] for k in ("target_modules", "pooling", "device", "dtype", "threads", "timeout_s", "memory_limit_gb")
             if given.get(k) is not None}
     configurations = {p["adapter"].text: p for p in points if p["adapter"] is not None}
     return [_trial(path, profile_key, kind="measure", model=model, seed=seed, profile=profile, measure=["flops"],

@@ -185,8 +185,9 @@ def train_steps(task, scoring, model, config: TrialConfig, validation, baseline_
         rows.append(row("time_step_s", train_seconds / steps, "s", note="mean over the training run"))
         rows.append(row("tokens_per_s", tokens / train_seconds, "tokens/s"))
     if "flops" in config.measure:
-        rows.append(not_measured("flops_forward", "flops", "a training trial counts no FLOPs; a measure trial "
-                                                           "(a study without tasks) does").as_dict())
+        rows.append(not_measured("flops_forward", "flops", "a training trial counts no FLOPs; name flops in the "
+                                                           "study's measure list and the study counts them in a "
+                                                           "measure trial per adapter").as_dict())
     return rows
 
 

@@ -13,11 +13,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from .style import SOURCE_BAR_LOOKS, STYLE, finish, series_colours, styled
 from .tables import (RESULT_COLUMNS, NothingToDraw, config_label, cost_metric, describe_ours, describe_sharing, fmt,
-                     notes_of, ok_only, per_trial, require, row_series, sources)
-
-
-COUNTED_IN_A_TRAINING_STUDY = ("FLOPs: counted by torch's FLOP counter on one training step of each adapter at the "
-                               "study's shape (every option a sequence padded to seq_len); FFTs count zero there")
+                     notes_of, ok_only, per_trial, require, row_series, sources, unique_text)
 
 
 @styled
@@ -68,7 +64,7 @@ def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Pa
     if f"{metric}_iqr" in table and table[f"{metric}_iqr"].notna().any():
         captions.append("bars: median; whiskers: interquartile range of the repeats")
     if metric.startswith("flops") and "kind" in results and (results["kind"] == "train").any():
-        captions.append(COUNTED_IN_A_TRAINING_STUDY)
+        captions.append(describe_counting(table))
     if metric == "time_step_s":
         captions.append(describe_sharing(results))
     if metric == "time_step_s" and notes_of(results, metric).startswith("mean"):
@@ -97,3 +93,10 @@ def draw_cost_facet(ax, facet, metric, scale, configs, colours, results, order) 
         note = notes_of(model_rows, metric) or "not measured"
         ax.text(0.5, 0.5, textwrap.fill(note, 28), transform=ax.transAxes, ha="center", va="center", fontsize=6)
         ax.set_xticks([])
+
+
+def describe_counting(table: pd.DataFrame) -> str:
+    """How a training study's counting trials (harness.spec) counted: the step's shape they ran."""
+    shape = f"{unique_text(table, 'batch')} sequences of {unique_text(table, 'seq_len')} tokens"
+    return (f"FLOPs: counted by torch's FLOP counter on one training step of each adapter, no training: {shape} "
+            "(each example as many sequences as its task's scoring puts through the model, padded); FFTs count zero")

@@ -159,7 +159,7 @@ def test_a_training_study_draws_the_flops_its_counting_trials_measured(tmp_path,
     paths = cost_panels(results, out_dir=tmp_path, costs=("flops",))
     assert {p.stem for p in paths} == {"cost_flops"}
     title = drawn[-1]._suptitle.get_text().replace("\n", " ")
-    assert "counted by torch's FLOP counter" in title
+    assert "counted by torch's FLOP counter" in title and "16 sequences of 64 tokens" in title  # the counted shape
     assert "batch 8," in title and "16" not in title.split("FLOPs:")[0]  # the budget is the training trials'
     bars = drawn[-1].axes[0].patches
     assert len(bars) == len(MORE_RANKS) + len(LORA_RANKS)  # one per configuration, no reference
