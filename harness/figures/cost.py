@@ -13,7 +13,7 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from .style import SOURCE_BAR_LOOKS, STYLE, finish, series_colours, styled
 from .tables import (RESULT_COLUMNS, NothingToDraw, config_label, cost_metric, describe_ours, describe_sharing, fmt,
-                     notes_of, ok_only, per_trial, require, row_series, sources, unique_text)
+                     is_training_study, notes_of, ok_only, per_trial, require, row_series, sources, unique_text)
 
 
 @styled
@@ -63,7 +63,7 @@ def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Pa
         captions.append(f"bars: {order[0]} solid, {order[1]} hatched and fainter beneath")
     if f"{metric}_iqr" in table and table[f"{metric}_iqr"].notna().any():
         captions.append("bars: median; whiskers: interquartile range of the repeats")
-    if metric.startswith("flops") and "kind" in results and (results["kind"] == "train").any():
+    if metric.startswith("flops") and is_training_study(results):
         captions.append(describe_counting(table))
     if metric == "time_step_s":
         captions.append(describe_sharing(results))

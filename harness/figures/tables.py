@@ -162,8 +162,13 @@ def describe_ours(results: pd.DataFrame) -> list[str]:
     return [f"{source}: " + " · ".join(describe_runs(frame)) for source, frame in by_source(results)]
 
 
+def is_training_study(results: pd.DataFrame) -> bool:
+    """Whether the results hold training trials (beside them, a training study's FLOPs-counting measure trials)."""
+    return "kind" in results and bool((results["kind"] == "train").any())
+
+
 def describe_runs(results: pd.DataFrame) -> list[str]:
-    if "kind" in results and (results["kind"] == "train").any():  # a training study's counting trials: captioned apart
+    if is_training_study(results):  # its counting trials are captioned apart (harness.figures.cost)
         results = results[results["kind"] == "train"]
     parts = [f"model {unique_text(results, 'model')}"]
     if unique_text(results, "task"):
