@@ -15,6 +15,7 @@ from .trial import TrialConfig, TrialResult
 
 HEADLINE = (("trainable_params", "{:,.0f} params"), ("val_accuracy", "val acc {:.3f}"), ("test_accuracy", "test acc {:.3f}"),
             ("test_matthews", "test mcc {:.3f}"), ("val_loss", "val loss {:.4f}"), ("test_loss", "test loss {:.4f}"),
+            ("chosen_step", "step {:.0f} chosen"),
             ("flops_forward", "{:.3g} FLOP fwd"), ("time_step_s", "{:.3f} s/step"), ("peak_rss_bytes", "{:.0f} MiB RSS"))
 
 

@@ -9,7 +9,9 @@ how a model scores a task is `harness.scoring`'s.
 - Paired arms: the training examples come in an order fixed by the trial's seed, the same for every adapter, and
   the random stream is reseeded after the adapter is built, so dropout masks are the same too.
 - Splits: the validation split is evaluated at step 0, every `eval_every` steps and at the end (every choice is
-  made on it); the test split at the end only. Rows are named by split: `val_loss`, `val_<metric>`,
+  made on it); the test split at the end only. With `eval_every`, the step is chosen on validation too: the
+  trainable state of the evaluation with the best validation metric (the earlier one on a tie) is restored before
+  the final evaluation, and `chosen_step` says which it was (`BestState`: ties go to the lower validation loss). Rows are named by split: `val_loss`, `val_<metric>`,
   `test_loss`, `test_loss_se`, `test_<metric>`, `test_<metric>_se`; `chance_<metric>` is the test split's chance
   (majority class or 1/options). Each evaluated example's outputs come back too (`split, example_id, label,
   prediction, correct, loss`), so that arms can be compared example by example (`harness.stats`).
@@ -118,17 +120,21 @@ def fine_tune(config: TrialConfig) -> tuple[list[dict], dict, list[dict]]:
     test = task.split("test", config.test_examples)
     batch_size = config.batch
 
-    rows += evaluate(task, scoring, model, validation, batch_size, "validation", step=0)[0]
+    first = evaluate(task, scoring, model, validation, batch_size, "validation", step=0)[0]
+    rows += first
+    curve = bool(config.eval_every) and not config.calibrate  # the validation curve then ends at its own last step
     if config.calibrate:
         rows += calibrate_head(task, scoring, model, config, validation)
-        steps = 0
+        steps = chosen = 0
     else:
-        rows += train_steps(task, scoring, model, config, validation, baseline_rss)
+        trained, chosen = train_steps(task, scoring, model, config, validation, baseline_rss, first)
+        rows += trained
         steps = planned_steps(config, task)
     outputs = []
     for split, examples in (("validation", validation), ("test", test)):
         final, split_outputs = evaluate(task, scoring, model, examples, batch_size, split, step=None)
-        rows += final + [dict(r, step=steps) for r in final]  # the final values, and again at their step
+        rows += final  # the final values, and again at their step unless the validation curve has that point
+        rows += [dict(r, step=chosen) for r in final if split == "test" or not curve]
         outputs += split_outputs
     info = {"model_info": asdict(info), "load_seconds": load_seconds, "steps": steps,
             "examples": {"validation": len(validation), "test": len(test)}, "device": str(device),
@@ -143,7 +149,35 @@ def planned_steps(config: TrialConfig, task) -> int:
     return max(1, min(config.steps, math.ceil(config.max_epochs * train / config.batch)))
 
 
-def train_steps(task, scoring, model, config: TrialConfig, validation, baseline_rss) -> list[dict]:
+class BestState:
+    """The trainable state at the best validation evaluation so far: the task's first metric, higher is better,
+    then the lower validation loss (as learning rates are chosen), then the earlier step; NaN counts as worst.
+    The state is copied into buffers made once, on the CPU, so that a GPU's peak memory does not count them."""
+
+    def __init__(self, model, metric: str):
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.saved = [torch.empty_like(p, device="cpu") for p in self.parameters]
+        self.metric, self.key, self.step = f"val_{metric}", None, None
+
+    def offer(self, rows: list[dict], step: int) -> None:
+        values = {r["metric"]: r["value"] for r in rows}
+        key = tuple(-math.inf if math.isnan(v) else v for v in (values[self.metric], -values["val_loss"]))
+        if self.key is None or key > self.key:
+            self.key, self.step = key, step
+            with torch.no_grad():
+                for saved, parameter in zip(self.saved, self.parameters):
+                    saved.copy_(parameter)
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for parameter, saved in zip(self.parameters, self.saved):
+                parameter.copy_(saved)
+
+
+def train_steps(task, scoring, model, config: TrialConfig, validation, baseline_rss,
+                first: list[dict]) -> tuple[list[dict], int]:
+    """The training rows, and the step whose state the model ends in: the last, or with `eval_every` the one
+    with the best validation metric (`first`: the step-0 evaluation's rows)."""
     device, steps, batch_size = torch.device(config.device), planned_steps(config, task), config.batch
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
@@ -154,6 +188,9 @@ def train_steps(task, scoring, model, config: TrialConfig, validation, baseline_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, steps, warmup))
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.dtype)
     train_examples = task.train(seed=config.seed, limit=config.train_examples)
+    best = BestState(model, task.metrics[0]) if config.eval_every else None
+    if best:
+        best.offer(first, 0)
     model.train()
     memory.reset_peak_rss()
     if device.type == "cuda":
@@ -176,8 +213,10 @@ def train_steps(task, scoring, model, config: TrialConfig, validation, baseline_
         tokens += n_tokens
         rows.append(row("train_loss", loss.item(), "nats", step))
         rows.append(row("grad_norm", float(grad_norm), "norm", step))
-        if config.eval_every and step % config.eval_every == 0 and step != steps:
-            rows += evaluate(task, scoring, model, validation, batch_size, "validation", step=step)[0]
+        if best and (step % config.eval_every == 0 or step == steps):
+            evaluated = evaluate(task, scoring, model, validation, batch_size, "validation", step=step)[0]
+            best.offer(evaluated, step)
+            rows += evaluated
     if "memory" in config.measure:
         rows += training_memory_rows(device, baseline_rss)
     if "time" in config.measure:
@@ -188,7 +227,13 @@ def train_steps(task, scoring, model, config: TrialConfig, validation, baseline_
         rows.append(not_measured("flops_forward", "flops", "a training trial counts no FLOPs; name flops in the "
                                                            "study's measure list and the study counts them in a "
                                                            "measure trial per adapter").as_dict())
-    return rows
+    if not best:
+        return rows, steps
+    best.restore()
+    rows.append(row("chosen_step", best.step, "step", note=f"the best {best.metric} (then val_loss) of the "
+                                                           f"evaluations every {config.eval_every} steps; the "
+                                                           "test split is evaluated in that state"))
+    return rows, best.step
 
 
 def training_memory_rows(device: torch.device, baseline_rss: int) -> list[dict]:

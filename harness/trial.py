@@ -34,6 +34,10 @@ TRIAL_PROTOCOL = 3
 # Part of a calibrated reference's id besides TRIAL_PROTOCOL: bumped when only the head's fit changes (2: an L2
 # penalty chosen on validation), so that those trials alone run again.
 CALIBRATION_PROTOCOL = 2
+# Part of the id of a trial with `eval_every` besides TRIAL_PROTOCOL: bumped when only the choice of its step on
+# validation changes (1: the best evaluation's state is restored before the test split), so that those trials
+# alone run again.
+STEP_CHOICE_PROTOCOL = 1
 KINDS = ("train", "measure", "interleaved")
 MEASUREMENTS = ("params", "flops", "memory", "time")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -69,7 +73,7 @@ class TrialConfig:
     steps: int = 100
     batch: int = 8
     seq_len: int = 128
-    eval_every: int = 0  # validation every so many steps; 0: before and after training only
+    eval_every: int = 0  # validation every so many steps, the step chosen on it; 0: before and after training only
     validation_examples: int | None = None  # None: the whole validation split
     test_examples: int | None = None  # None: the whole test split
     train_examples: int | None = None  # None: the task's whole training split
@@ -117,7 +121,8 @@ class TrialConfig:
 
     @property
     def id(self) -> str:
-        versions = {"protocol": TRIAL_PROTOCOL} | ({"calibration": CALIBRATION_PROTOCOL} if self.calibrate else {})
+        versions = ({"protocol": TRIAL_PROTOCOL} | ({"calibration": CALIBRATION_PROTOCOL} if self.calibrate else {})
+                    | ({"step_choice": STEP_CHOICE_PROTOCOL} if self.eval_every and not self.calibrate else {}))
         canonical = json.dumps({**versions, **self.to_json()}, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 

@@ -8,7 +8,7 @@ from harness.adapters import AdapterSpec
 from harness.prepare import prepare_model
 from harness.run_trial import run_trial
 from harness.tasks import load_task
-from harness.train import optimizer_groups
+from harness.train import BestState, optimizer_groups
 from harness.trial import TrialConfig
 
 
@@ -86,7 +86,23 @@ def test_runs_are_deterministic_and_evaluated_on_schedule():
     again = trial("minilm", "piqa", "more", {"nblocks": 2, "blk_r": 2}, steps=4, eval_every=2, batch=4)
     assert series(first, "train_loss") == series(again, "train_loss")
     assert [r["step"] for r in first if r["metric"] == "val_loss" and r["step"] is not None] == [0, 2, 4]
-    assert [r["step"] for r in first if r["metric"] == "test_loss" and r["step"] is not None] == [4]
+    chosen = final(first, "chosen_step")
+    assert [r["step"] for r in first if r["metric"] == "test_loss" and r["step"] is not None] == [chosen]
+
+
+def test_with_eval_every_the_step_is_chosen_on_validation_and_its_state_restored():
+    """A rate far too high wrecks the encoder after step 0: validation must choose an earlier state, and the final
+    evaluation must be of that state (its validation values equal the curve's at the chosen step), not the last."""
+    rows = trial("minilm", "piqa", "lora", {"r": 2}, steps=4, eval_every=2, batch=4, lr=1.0, head_lr=1.0,
+                 validation_examples=32, pooling="mean")
+    chosen, curve = final(rows, "chosen_step"), series(rows, "val_loss")
+    assert chosen < 4 and curve[-1] != curve[int(chosen) // 2]
+    assert final(rows, "val_loss") == pytest.approx(curve[int(chosen) // 2], rel=1e-5)
+    accuracies = series(rows, "val_accuracy")
+    assert accuracies[int(chosen) // 2] == max(accuracies)
+    # without eval_every the last step is kept and no step is chosen
+    plain = trial("minilm", "piqa", "lora", {"r": 2}, steps=2, batch=4, validation_examples=8)
+    assert "chosen_step" not in {r["metric"] for r in plain}
 
 
 def test_dropout_is_reseeded_after_the_adapter_is_built():
@@ -107,3 +123,30 @@ def test_a_training_trial_reports_only_the_costs_it_is_asked_for():
     flops = trial("minilm", "boolq", "lora", {"r": 2}, steps=2, train_examples=4, batch=4, measure=["params", "flops"])
     (row,) = [r for r in flops if r["metric"] == "flops_forward"]
     assert row["value"] != row["value"] and "a measure trial" in row["note"]  # NaN with the reason, never 0
+
+
+def test_the_best_state_prefers_the_metric_then_the_loss_then_the_earlier_step_and_restores_every_trainable():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    model[0].weight.requires_grad_(False)  # a frozen weight is neither saved nor restored
+    best = BestState(model, "accuracy")
+
+    def evaluated(accuracy, loss, step, fill):
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.fill_(fill)
+        best.offer([{"metric": "val_accuracy", "value": accuracy}, {"metric": "val_loss", "value": loss}], step)
+
+    evaluated(float("nan"), 1.6, 0, 0.0)  # a NaN first evaluation is still kept, until anything beats it
+    assert best.step == 0
+    evaluated(0.30, 1.5, 10, 1.0)
+    evaluated(0.40, 1.4, 20, 2.0)
+    evaluated(0.40, 1.3, 30, 3.0)  # a tie in accuracy: the lower loss wins
+    evaluated(0.40, 1.3, 40, 4.0)  # a full tie: the earlier step stays
+    evaluated(float("nan"), 0.1, 50, 5.0)
+    assert best.step == 30
+    with torch.no_grad():
+        model[0].weight.fill_(-1.0)
+    best.restore()
+    assert all((p == 3.0).all() for p in model.parameters() if p.requires_grad)
+    assert (model[0].weight == -1.0).all()

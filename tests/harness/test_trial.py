@@ -53,6 +53,18 @@ def test_the_id_hashes_every_value_and_the_protocol(monkeypatch):
     assert config.id != before
 
 
+def test_the_step_choice_protocol_reaches_only_trials_that_choose_a_step(monkeypatch):
+    """Bumping STEP_CHOICE_PROTOCOL reruns the training trials with eval_every, and no other trial."""
+    train = TrialConfig(kind="train", model="minilm", task="boolq", adapter=MORE)
+    chooses, plain = dataclasses.replace(train, eval_every=10), train
+    calibrated = dataclasses.replace(train, adapter=None, calibrate=True, eval_every=10)
+    before = {name: c.id for name, c in [("chooses", chooses), ("plain", plain), ("calibrated", calibrated)]}
+    monkeypatch.setattr(trial_module, "STEP_CHOICE_PROTOCOL", trial_module.STEP_CHOICE_PROTOCOL + 1)
+    after = {name: c.id for name, c in [("chooses", chooses), ("plain", plain), ("calibrated", calibrated)]}
+    assert after["chooses"] != before["chooses"]
+    assert after["plain"] == before["plain"] and after["calibrated"] == before["calibrated"]
+
+
 @pytest.mark.parametrize("changes,match", [
     ({"steps": "many"}, r"^steps: expected int, got str \('many'\)"),
     ({"steps": True}, r"^steps: expected int, got bool"),
