@@ -1,4 +1,5 @@
-""""Changing the number of blocks": final quality against nblocks (log2 x), MoRe trials only."""
+""""Changing the number of blocks": final quality against nblocks (log2 x), MoRe trials only, with the study's
+references (the head-only control, the calibrated untouched model) as lines."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,8 @@ import pandas as pd
 
 from .quality import quality_figure
 from .style import log2_axis, styled
-from .tables import (RESULT_COLUMNS, NothingToDraw, describe_paper, figure_quality, fmt, our_points, paper_points,
-                     require, row_series)
+from .tables import (RESULT_COLUMNS, NothingToDraw, baselines, describe_paper, figure_quality, fmt, our_points,
+                     paper_points, require, row_series)
 
 
 @styled
@@ -24,7 +25,8 @@ def quality_vs_nblocks(results: pd.DataFrame | None = None, paper: pd.DataFrame 
         more_only = results[results["adapter"] == "more"]
         if more_only.empty:
             raise NothingToDraw(f"{figure}: no MoRe trials")
-        ours, lines, ours_captions = our_points(more_only, q, figure, x_column="nblocks", series=blocks_series)
+        ours, _, ours_captions = our_points(more_only, q, figure, x_column="nblocks", series=blocks_series)
+        lines = baselines(results, q)  # the references are trials without MoRe
         captions += ours_captions
     paper_table = paper_points(paper, "nblocks", figure)
     if paper_table is not None:

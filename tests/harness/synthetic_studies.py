@@ -105,7 +105,8 @@ def counting_records(study="rank_ablation"):
 def block_records(study="block_ablation"):
     return [finished_trial(study, training_config("more", {"nblocks": k, "blk_r": 4}, seed),
                            training_rows(adapter_count({"blk_r": 4}) + k, seed, 0.05 - 0.005 * k))
-            for k in (1, 2, 4, 8) for seed in (0, 1)]
+            for k in (1, 2, 4, 8) for seed in (0, 1)] + [
+        reference(study, seed) for seed in (0, 1) for reference in (control_trial, calibrated_trial)]
 
 
 def efficiency_records(study="efficiency"):

@@ -132,9 +132,12 @@ def test_quality_vs_params_picks_the_best_learning_rate(tmp_path, drawn):
     assert "1.96 s.e. of the test set" in drawn[0]._suptitle.get_text()
 
 
-def test_quality_vs_nblocks(studies, tmp_path):
+def test_quality_vs_nblocks(studies, tmp_path, drawn):
     results = studies[1]["block_ablation"]
     assert_written(quality_vs_nblocks(results, paper.nblocks(), out_dir=tmp_path))
+    labels = drawn[0].axes[0].get_legend_handles_labels()[1]  # the references train no MoRe, and are drawn
+    assert any(label.startswith("control: head only") for label in labels)
+    assert any(label.startswith("untouched model, head calibrated") for label in labels)
     assert_written(quality_vs_nblocks(results, paper.nblocks(), out_dir=tmp_path, quality="loss"))
 
 
