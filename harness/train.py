@@ -10,8 +10,8 @@ how a model scores a task is `harness.scoring`'s.
   the random stream is reseeded after the adapter is built, so dropout masks are the same too.
 - Splits: the validation split is evaluated at step 0, every `eval_every` steps and at the end (every choice is
   made on it); the test split at the end only. With `eval_every`, the step is chosen on validation too: the
-  trainable state of the evaluation with the best validation metric (the earlier one on a tie) is restored before
-  the final evaluation, and `chosen_step` says which it was (`BestState`: ties go to the lower validation loss). Rows are named by split: `val_loss`, `val_<metric>`,
+  trainable state of the best evaluation (`BestState`) is restored before the final evaluation, and
+  `chosen_step` says which it was. Rows are named by split: `val_loss`, `val_<metric>`,
   `test_loss`, `test_loss_se`, `test_<metric>`, `test_<metric>_se`; `chance_<metric>` is the test split's chance
   (majority class or 1/options). Each evaluated example's outputs come back too (`split, example_id, label,
   prediction, correct, loss`), so that arms can be compared example by example (`harness.stats`).
@@ -154,8 +154,8 @@ class BestState:
     then the lower validation loss (as learning rates are chosen), then the earlier step; NaN counts as worst.
     The state is copied into buffers made once, on the CPU, so that a GPU's peak memory does not count them."""
 
-    def __init__(self, model, metric: str):
-        self.parameters = [p for p in model.parameters() if p.requires_grad]
+    def __init__(self, parameters: list[torch.Tensor], metric: str):
+        self.parameters = parameters
         self.saved = [torch.empty_like(p, device="cpu") for p in self.parameters]
         self.metric, self.key, self.step = f"val_{metric}", None, None
 
@@ -188,7 +188,7 @@ def train_steps(task, scoring, model, config: TrialConfig, validation, baseline_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, steps, warmup))
     autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.dtype)
     train_examples = task.train(seed=config.seed, limit=config.train_examples)
-    best = BestState(model, task.metrics[0]) if config.eval_every else None
+    best = BestState(trainable, task.metrics[0]) if config.eval_every else None
     if best:
         best.offer(first, 0)
     model.train()

@@ -128,7 +128,7 @@ def test_a_training_trial_reports_only_the_costs_it_is_asked_for():
 def test_the_best_state_prefers_the_metric_then_the_loss_then_the_earlier_step_and_restores_every_trainable():
     model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
     model[0].weight.requires_grad_(False)  # a frozen weight is neither saved nor restored
-    best = BestState(model, "accuracy")
+    best = BestState([p for p in model.parameters() if p.requires_grad], "accuracy")
 
     def evaluated(accuracy, loss, step, fill):
         with torch.no_grad():
