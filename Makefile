@@ -14,7 +14,7 @@ HARNESS := $(PY) -m harness
 STUDY_FLAGS ?=
 
 .PHONY: setup test bench gpu-check clean-venv figures paper-figures \
-        study-rank-ablation study-block-ablation study-methods study-efficiency
+        study-rank-ablation study-bbq study-block-ablation study-methods study-efficiency
 
 setup: $(STAMP)
 
@@ -38,6 +38,11 @@ study-rank-ablation: setup
 	$(HARNESS) run rank_ablation $(STUDY_FLAGS)
 	$(HARNESS) figures rank_ablation
 	$(HARNESS) analyse rank_ablation
+
+study-bbq: setup
+	$(HARNESS) run bbq $(STUDY_FLAGS)
+	$(HARNESS) figures bbq
+	$(HARNESS) analyse bbq
 
 study-block-ablation: setup
 	$(HARNESS) run block_ablation $(STUDY_FLAGS)

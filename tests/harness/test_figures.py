@@ -320,6 +320,9 @@ def test_series_of_nearly_one_size_are_spread_and_lines_keep_their_counts():
     assert list(again["x"].iloc[:7]) == list(again["x"].iloc[7:])
     unchanged, none = spread_shared_x(points[points["series"].isin(["MoRe", "LoRA"])])
     assert none == 0.0 and unchanged["x"].tolist() == [55_296, 55_296, 13_824, 13_824, 221_184]
+    # two series with one point each (a study of MoRe and LoRA at one size): nothing joins them, so they part
+    pair, moved = spread_shared_x(points[points["x"] == 55_296].iloc[:2])
+    assert pair["x"].nunique() == 2 and 0 < moved < 0.1
 
 
 def test_the_paper_panel_sits_beside_studies_of_more_and_lora_only():

@@ -5,6 +5,7 @@ import pytest
 from harness.analysis import chosen_rates
 from harness.spec import load_study
 from harness.store import REFERENCE_DIR, Store, final_values, load
+from harness.tasks import load_task
 
 
 def final(frame: pd.DataFrame, metric: str) -> pd.Series:
@@ -13,10 +14,11 @@ def final(frame: pd.DataFrame, metric: str) -> pd.Series:
 
 
 # Studies whose shipped results are complete; the others ship what has finished so far (a rerun resumes them).
-COMPLETE = {"rank_ablation", "block_ablation", "efficiency", "methods"}
+COMPLETE = {"rank_ablation", "block_ablation", "efficiency", "methods", "bbq"}
+TRAINING = ["rank_ablation", "block_ablation", "methods", "bbq"]
 
 
-@pytest.mark.parametrize("study", ["rank_ablation", "block_ablation", "efficiency", "methods"])
+@pytest.mark.parametrize("study", [*TRAINING, "efficiency"])
 def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
     """A rerun on the CPU profile finds every shipped trial among those it plans, done: no record is orphaned by
     a change of trial id. A complete study has them all."""
@@ -31,7 +33,7 @@ def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
         assert set(status) == planned
 
 
-@pytest.mark.parametrize("study", ["rank_ablation", "block_ablation", "methods"])
+@pytest.mark.parametrize("study", TRAINING)
 def test_shipped_training_results_hold_their_per_example_outputs_and_references(study):
     """Every training trial finished, kept its output on every validation and test example, and those outputs
     give back the accuracy and loss it reports; both references ran beside the adapters."""
@@ -45,7 +47,9 @@ def test_shipped_training_results_hold_their_per_example_outputs_and_references(
     for trial_id in trials.index:
         outputs = store.examples(trial_id)
         test = outputs[outputs.split == "test"]
-        assert len(test) == 366 and len(outputs[outputs.split == "validation"]) == 183
+        task = load_task(trials.task[trial_id])
+        assert len(test) == len(task.split("test")) and len(outputs[outputs.split == "validation"]) == len(
+            task.split("validation"))
         assert test.correct.mean() == pytest.approx(final(frame, "test_accuracy")[trial_id])
         assert test.loss.mean() == pytest.approx(final(frame, "test_loss")[trial_id])
 

