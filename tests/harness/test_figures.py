@@ -323,6 +323,9 @@ def test_series_of_nearly_one_size_are_spread_and_lines_keep_their_counts():
     # two series with one point each (a study of MoRe and LoRA at one size): nothing joins them, so they part
     pair, moved = spread_shared_x(points[points["x"] == 55_296].iloc[:2])
     assert pair["x"].nunique() == 2 and 0 < moved < 0.1
+    # two series, one of them a line through other sizes: the line's point stays, so neither moves
+    mixed = points[points["series"].isin(["MoRe", "vera"])]
+    assert spread_shared_x(mixed)[0]["x"].tolist() == mixed["x"].tolist()
 
 
 def test_the_paper_panel_sits_beside_studies_of_more_and_lora_only():

@@ -48,8 +48,8 @@ def test_shipped_training_results_hold_their_per_example_outputs_and_references(
         outputs = store.examples(trial_id)
         test = outputs[outputs.split == "test"]
         task = load_task(trials.task[trial_id])
-        assert len(test) == len(task.split("test")) and len(outputs[outputs.split == "validation"]) == len(
-            task.split("validation"))
+        for split, rows in (("test", test), ("validation", outputs[outputs.split == "validation"])):
+            assert sorted(rows.example_id) == sorted(e.uid for e in task.split(split))
         assert test.correct.mean() == pytest.approx(final(frame, "test_accuracy")[trial_id])
         assert test.loss.mean() == pytest.approx(final(frame, "test_loss")[trial_id])
 

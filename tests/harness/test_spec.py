@@ -234,3 +234,21 @@ def test_learning_rates_takes_validation_or_reference_only(tmp_path):
     with pytest.raises(StudyError, match=r"profiles.quick.learning_rates: unknown value 'test'; write validation"):
         load_study(study_file(tmp_path, text=TUNED.replace("learning_rates: reference", "learning_rates: test")),
                    profile="quick")
+
+
+def test_every_shipped_study_loads_under_each_of_its_profiles():
+    """Each file in studies/ expands under every profile it names; a gpu profile of a training study chooses its
+    step on validation (it trains for many epochs) and caps its epochs."""
+    import yaml
+
+    from harness.spec import STUDIES_DIR
+
+    paths = sorted(STUDIES_DIR.glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"rank_ablation", "block_ablation", "methods", "efficiency", "bbq"}
+    for path in paths:
+        for profile in yaml.safe_load(path.read_text())["profiles"]:
+            trials = load_study(path.stem, profile=profile).trials
+            assert trials, (path.stem, profile)
+            training = [t for t in trials if t.kind == "train" and not t.calibrate]
+            if profile == "gpu" and training:
+                assert all(t.eval_every and t.max_epochs for t in training), path.stem
