@@ -286,6 +286,15 @@ def _load_boolq():
 _OPTION_LINE = re.compile(r"^([A-E])\. (.*)$")
 
 
+def _lettered_options(lines: list[str], options: str) -> tuple[list[str], tuple[str, ...]]:
+    """The letters and texts of option lines "A. x", "B. y", ... (blank lines skipped): two or more, lettered in
+    order from A, or a ValueError that quotes `options`."""
+    matches = [_OPTION_LINE.match(line) for line in lines if line]
+    if not all(matches) or [m.group(1) for m in matches] != list("ABCDE"[: len(matches)]) or len(matches) < 2:
+        raise ValueError(f"Options not lettered A, B, ... in {options!r}")
+    return [m.group(1) for m in matches], tuple(m.group(2).strip() for m in matches)
+
+
 def parse_options(question: str, options: str, answer: str) -> tuple[str, tuple[str, ...], int]:
     """("question", "A. x\\nB. y", "B. y") -> ("question", ("x", "y"), 1).
 
@@ -299,11 +308,7 @@ def parse_options(question: str, options: str, answer: str) -> tuple[str, tuple[
     if first_option is None:
         raise ValueError(f"No option 'A. ...' in {options!r}")
     question_text = " ".join(line for line in lines[:first_option] if re.search(r"\w", line))
-    matches = [_OPTION_LINE.match(line) for line in lines[first_option:] if line]
-    if not all(matches) or [m.group(1) for m in matches] != list("ABCDE"[: len(matches)]) or len(matches) < 2:
-        raise ValueError(f"Options not lettered A, B, ... in {options!r}")
-    letters = [m.group(1) for m in matches]
-    texts = tuple(m.group(2).strip() for m in matches)
+    letters, texts = _lettered_options(lines[first_option:], options)
     if texts[-1].endswith("?") and not question_text.endswith("?"):  # CommonsenseQA: the question's "?" slipped
         question_text, texts = question_text + "?", texts[:-1] + (texts[-1][:-1].rstrip(),)
     answer_match = _OPTION_LINE.match(answer.strip())
@@ -317,11 +322,9 @@ def _load_bbq():
     examples = []
     for i, row in enumerate(_read_jsonl("BBQ/test.jsonl")):
         question = row["question"].split("\n")[0].strip()  # less the instruction line
-        lines = [line.strip() for line in row["options"].split("\n") if line.strip()]
-        matches = [_OPTION_LINE.match(line) for line in lines]
-        if not all(matches) or [m.group(1) for m in matches] != ["A", "B", "C"]:
+        letters, options = _lettered_options([line.strip() for line in row["options"].split("\n")], row["options"])
+        if letters != ["A", "B", "C"]:
             raise ValueError(f"BBQ row {i}: options not lettered A, B, C in {row['options']!r}")
-        options = tuple(m.group(2).strip() for m in matches)
         answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
         answer = answers[0].strip()
         if len(answers) != 1 or answer not in options:
