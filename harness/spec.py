@@ -12,8 +12,10 @@ Each grid point becomes a `TrialConfig` (harness.trial): a study with tasks trai
 measures. An arm with several learning rates is tuned in two stages (`Study.search`, then `Study.at_rates`):
 every rate at the study's smallest seed, the rate chosen on validation (harness.analysis), then the other seeds at that
 rate only. A profile with `learning_rates: reference` skips the search and runs each arm at the rate the
-reference machine's results chose (results/reference/<study>). A profile's keys are TrialConfig's fields (besides `seeds`, `shapes` and `jobs`, which
-expand the grid or pace the runner), so they are checked as the trials are. Everything is checked
+reference machine's results chose (results/reference/<study>); `arms: [...]` keeps only the arms named (as the
+results name them, e.g. `more(blk_r=1,nblocks=4)`) beside the references. A profile's other keys are TrialConfig's
+fields (besides `seeds`, `shapes` and `jobs`, which expand the grid or pace the runner), so they are checked as the
+trials are. Everything is checked
 before anything runs; an error names the file, the key and the reason.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ ADAPTER_KEYS = {"method": str, "axes": dict, "zip": dict, "where": list, "lr": l
 # TrialConfig's fields that the study sets outside its profiles
 FROM_THE_STUDY = {"kind", "model", "task", "adapter", "adapters", "label", "target_modules", "lr", "seed", "measure",
                   "profile", "calibrate"}
-GRID_KEYS = {"seeds": list, "shapes": list, "jobs": int, "learning_rates": str}
+GRID_KEYS = {"seeds": list, "shapes": list, "jobs": int, "learning_rates": str, "arms": list}
 LEARNING_RATES = ("validation", "reference")  # where a tuned arm's rate comes from: the search here, or the reference
 # Added to every training study: the references an adapter must beat (harness.trial.HEAD_ONLY, CALIBRATED)
 REFERENCE_ARMS = [{"adapter": None}, {"adapter": None, "calibrate": True}]
@@ -207,6 +209,7 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
     budget = dict(profiles[profile] or {})
     jobs = budget.pop("jobs", 1)
     learning_rates = budget.pop("learning_rates", "validation")
+    arms = budget.pop("arms", None)
     if learning_rates not in LEARNING_RATES:
         raise StudyError(path, f"profiles.{profile}.learning_rates", f"unknown value {learning_rates!r}; write "
                          "validation (search the study's rates on the validation split here) or reference (each "
@@ -245,6 +248,8 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
     if len(set(ids)) != len(ids):
         raise StudyError(path, "adapters", "two grid points resolve to the same trial; remove the duplicate")
     trials += {t.id: t for t in counting}.values()  # tasks of one shape share their counting trials
+    if arms is not None:
+        trials = _keep_arms(path, f"profiles.{profile}.arms", trials, arms)
     return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs, learning_rates)
 
 
@@ -261,6 +266,16 @@ def _flop_trials(path, profile_key: str, points, model, task, given, seed, profi
     return [_trial(path, profile_key, kind="measure", model=model, seed=seed, profile=profile, measure=["flops"],
                    adapter=p["adapter"], label=p["label"], **kept, **{k: v for k, v in shape.items() if v is not None})
             for p in configurations.values()]
+
+
+def _keep_arms(path: Path, key: str, trials: list[TrialConfig], arms: list) -> list[TrialConfig]:
+    """The trials of the named adapter arms, and the references (which every training study runs)."""
+    known = sorted({t.arm for t in trials if t.adapter is not None})
+    for arm in arms:
+        if arm not in known:
+            raise StudyError(path, key, f"no arm {arm!r} in this study.{did_you_mean(arm, known)} Its arms, as the "
+                                        f"results name them: {', '.join(known)}")
+    return [t for t in trials if t.adapter is None or t.arm in arms]
 
 
 def _trial(path, profile_key: str, **config) -> TrialConfig:

@@ -236,6 +236,20 @@ def test_learning_rates_takes_validation_or_reference_only(tmp_path):
                    profile="quick")
 
 
+def test_a_profile_can_keep_only_some_arms_beside_the_references(tmp_path):
+    text = TUNED.replace("learning_rates: reference}", 'learning_rates: reference, arms: ["more(blk_r=1,nblocks=4)"]}')
+    every_arm = load_study(study_file(tmp_path, text=TUNED), "quick")
+    quick = load_study(study_file(tmp_path, text=text), "quick")
+    assert sorted({t.arm for t in every_arm.trials}) == ["calibrated", "head only", "lora(lora_alpha=8,r=4)",
+                                                         "more(blk_r=1,nblocks=4)", "more(blk_r=4,nblocks=4)"]
+    assert sorted(t.arm for t in quick.trials) == ["calibrated", "head only"] + ["more(blk_r=1,nblocks=4)"] * 3
+    typo = text.replace("blk_r=1,nblocks=4", "blk_r=1,nblock=4")
+    with pytest.raises(StudyError, match=r"profiles.quick.arms: no arm 'more\(blk_r=1,nblock=4\)' in this study. Did "
+                                         r"you mean 'more\(blk_r=1,nblocks=4\)'\? Its arms, as the results name them: "
+                                         r"lora\(lora_alpha=8,r=4\), more\(blk_r=1"):
+        load_study(study_file(tmp_path, text=typo), "quick")
+
+
 def test_every_shipped_study_loads_under_each_of_its_profiles():
     """Each file in studies/ expands under every profile it names; a gpu profile of a training study chooses its
     step on validation (it trains for many epochs) and caps its epochs."""
