@@ -4,7 +4,7 @@ import pytest
 
 from harness.analysis import chosen_rates
 from harness.spec import load_study
-from harness.store import REFERENCE_DIR, Store, final_values, load
+from harness.store import REFERENCE_DIR, RESULTS_DIR, Store, final_values, load
 from harness.tasks import load_task
 
 
@@ -13,33 +13,41 @@ def final(frame: pd.DataFrame, metric: str) -> pd.Series:
     return rows[rows.metric == metric].set_index("trial_id")["value"]
 
 
-# Studies whose shipped results are complete; the others ship what has finished so far (a rerun resumes them).
-COMPLETE = {"rank_ablation", "block_ablation", "efficiency", "methods", "bbq"}
 TRAINING = ["rank_ablation", "block_ablation", "methods", "bbq"]
+# The GPU runs of the studies' gpu profiles: results/gpu/<gpu>/studies/<study>
+GPU_H200 = RESULTS_DIR / "gpu" / "nvidia-h200" / "studies"
+# (results folder, the profile that ran, study): the reference machine's CPU runs, and the GPU runs that ship
+SHIPPED = [(REFERENCE_DIR, "cpu", study) for study in [*TRAINING, "efficiency"]] + [
+    (GPU_H200, "gpu", study) for study in ("bbq", "methods")]
+# Shipped results that are complete; the others ship what had finished (a rerun resumes them): the GPU run of
+# methods ended when the session's GPU time did
+COMPLETE = {(REFERENCE_DIR, study) for study in ("rank_ablation", "block_ablation", "efficiency", "methods", "bbq")
+            } | {(GPU_H200, "bbq")}
+SHIPPED_TRAINING = [entry for entry in SHIPPED if entry[2] in TRAINING]
 
 
-@pytest.mark.parametrize("study", [*TRAINING, "efficiency"])
-def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(study):
-    """A rerun on the CPU profile finds every shipped trial among those it plans, done: no record is orphaned by
-    a change of trial id. A complete study has them all."""
-    if not (REFERENCE_DIR / study / "trials.csv").exists():
-        pytest.skip(f"no shipped results for {study}")
-    plan = load_study(study, "cpu")
-    chosen = chosen_rates(study, REFERENCE_DIR)  # the search's choice on validation, then the seeds at it
+@pytest.mark.parametrize("root, profile, study", SHIPPED)
+def test_shipped_results_are_keyed_by_the_trials_the_study_plans_now(root, profile, study):
+    """A rerun on the profile that made them finds every shipped trial among those it plans, done: no record is
+    orphaned by a change of trial id. A complete study has them all."""
+    if not (root / study / "trials.csv").exists():
+        pytest.skip(f"no shipped results for {study} in {root}")
+    plan = load_study(study, profile)
+    chosen = chosen_rates(study, root)  # the search's choice on validation, then the seeds at it
     planned = {t.id for t in plan.search() + plan.at_rates(chosen)}
-    status = Store(study, REFERENCE_DIR).status()
+    status = Store(study, root).status()
     assert set(status) <= planned and set(status.values()) == {"ok"}
-    if study in COMPLETE:
+    if (root, study) in COMPLETE:
         assert set(status) == planned
 
 
-@pytest.mark.parametrize("study", TRAINING)
-def test_shipped_training_results_hold_their_per_example_outputs_and_references(study):
+@pytest.mark.parametrize("root, profile, study", SHIPPED_TRAINING)
+def test_shipped_training_results_hold_their_per_example_outputs_and_references(root, profile, study):
     """Every training trial finished, kept its output on every validation and test example, and those outputs
     give back the accuracy and loss it reports; both references ran beside the adapters."""
-    if not (REFERENCE_DIR / study / "trials.csv").exists():
-        pytest.skip(f"no shipped results for {study}")
-    frame, store = load(study, REFERENCE_DIR), Store(study, REFERENCE_DIR)
+    if not (root / study / "trials.csv").exists():
+        pytest.skip(f"no shipped results for {study} in {root}")
+    frame, store = load(study, root), Store(study, root)
     trials = frame.drop_duplicates("trial_id").set_index("trial_id")
     assert (trials.status == "ok").all()
     trials = trials[trials.kind == "train"]  # a study that asks for FLOPs counts them in measure trials
