@@ -184,7 +184,7 @@ def describe_runs(results: pd.DataFrame) -> list[str]:
     if "rates" in results:
         rates = results["rates"].astype(int)
         tried = f"{rates.min()}–{rates.max()}" if rates.min() != rates.max() else f"{rates.max()}"
-        parts.append("one learning rate, not tuned" if rates.max() == 1 else
+        parts.append("one learning rate per arm, none searched here" if rates.max() == 1 else
                      f"best of {tried} learning rates on validation")
     return parts
 

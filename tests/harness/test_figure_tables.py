@@ -145,7 +145,7 @@ def test_our_points_one_per_configuration(rank):
     assert len(points) == 6 and set(points["n"]) == {3}
     assert sorted(set(points["series"])) == ["LoRA", "MoRe", "MoRe (square blocks)"]
     assert captions[0] == ("ours: model minilm · task cola · steps 20, batch 8, seq_len 64 · device cpu · 3 seeds · "
-                           "one learning rate, not tuned")
+                           "one learning rate per arm, none searched here")
     assert captions[1] == "bands and bars: 95% intervals over 3 seeds"
 
 
@@ -166,8 +166,8 @@ def test_this_machines_points_beside_the_reference_machines(tmp_path):
         assert ours["y"].to_dict() == pytest.approx(expected.to_dict()) and set(ours["n"]) == {seeds}
     controls = lines[lines["text"] == "control: head only"]
     assert controls["source"].tolist() == [THIS_MACHINE, REFERENCE_MACHINE]
-    assert captions[0].startswith("this machine: model minilm") and captions[0].endswith("· 3 seeds · one "
-                                                                                       "learning rate, not tuned")
+    assert captions[0].startswith("this machine: model minilm") and captions[0].endswith(
+        "· 3 seeds · one learning rate per arm, none searched here")
     assert captions[1].startswith("reference machine (2-core CPU): model minilm") and "· 1 seed ·" in captions[1]
     alone = tables.study_results("rank_ablation", tmp_path / "nothing", reference_dir)
     assert set(alone["source"]) == {REFERENCE_MACHINE}  # the reference alone, as `--paper` draws it with no runs here
