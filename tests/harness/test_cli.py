@@ -37,7 +37,7 @@ def test_dry_run_lists_the_trials_with_their_counts_on_the_meta_device(capsys):
     assert status == 0 and "31 trials" in out and "then the other seeds" in out and "10 more trials" in out
     lines = out.split("trial_id")[1].splitlines()
     more = next(line for line in lines if "more(blk_r=4,nblocks=4)" in line)
-    assert "64 x 16" in more and "55,296" in more  # 18 matrices of 384 x 384 at 3,072 parameters each
+    assert "144 x 16" in more and "55,296" in more  # 18 matrices of 384 x 384 at 3,072 parameters each
     assert "221,184" in next(line for line in lines if "lora(lora_alpha=32,r=16)" in line)  # 16x MoRe's smallest
     for reference in (" head only ", " calibrated "):
         assert any(reference in line and line.split()[-1] == "0" for line in lines)
