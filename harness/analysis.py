@@ -28,7 +28,7 @@ from .tasks import TASKS
 REFERENCES = (HEAD_ONLY, CALIBRATED)
 GROUP = ["model", "task", "arm"]
 SPLITS = ("validation", "test")
-LEARNS_MARGIN_SE = 2.0  # an arm learns when it beats the stronger reference by more than this many paired SEs
+LEARNS_MARGIN_SE = stats.RESOLVED_SE  # an arm learns when it beats the stronger reference by more than this many paired SEs
 
 
 def task_metric(task: str) -> str:
@@ -271,7 +271,7 @@ def format_comparison(comparison: Comparison) -> str:
         lines.append(f"  {name} (lr {lr:g}): " + ", ".join(
             f"{m} {_interval_text(c.values[name][m])}" for m in (c.metric, "loss")))
     for m, difference in c.difference.items():
-        verdict = "resolved" if difference.resolved else "not resolved (the interval spans 0)"
+        verdict = "resolved" if difference.resolved else f"not resolved (within {stats.RESOLVED_SE:g} paired SE)"
         better = first if difference.margin() > 0 else second
         lines.append(f"  {m} difference ({first} - {second}): {_interval_text(difference)}, z {difference.z:.2f}, "
                      f"{verdict}" + (f"; {better} is better" if difference.resolved else ""))

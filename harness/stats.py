@@ -24,6 +24,7 @@ from . import metrics as M
 N_RESAMPLES = 2000
 CONFIDENCE = 0.95
 LOWER_IS_BETTER = {"loss"}
+RESOLVED_SE = 2.0  # a difference is resolved when it exceeds this many of its (paired) standard errors
 Outputs = Mapping[int, pd.DataFrame]  # seed -> one row per example
 
 
@@ -41,8 +42,9 @@ class Interval:
 
     @property
     def resolved(self) -> bool:
-        """The interval excludes zero (meaningful for a difference)."""
-        return not self.low <= 0 <= self.high
+        """The difference exceeds RESOLVED_SE standard errors: the rule that `learns` applies to the margin over a
+        reference (harness.analysis). A skewed bootstrap interval can exclude zero at a smaller z."""
+        return abs(self.value) > RESOLVED_SE * self.se
 
     @property
     def z(self) -> float:

@@ -157,7 +157,7 @@ def test_compare_arms_command(capsys, results):
     assert f"{MORE.label} (lr 0.001): accuracy 0.7250 [95% " in out
     assert "accuracy difference (" in out and "z " in out and ", resolved" in out
     code, out, _ = run(capsys, "compare-arms", STUDY, "lora", "calibrated", "--results-dir", str(results))
-    assert code == 0 and "not resolved (the interval spans 0)" in out
+    assert code == 0 and "not resolved (within 2 paired SE)" in out
 
 
 @pytest.fixture(scope="module")
