@@ -28,7 +28,6 @@ from .tasks import TASKS
 REFERENCES = (HEAD_ONLY, CALIBRATED)
 GROUP = ["model", "task", "arm"]
 SPLITS = ("validation", "test")
-LEARNS_MARGIN_SE = stats.RESOLVED_SE  # an arm learns when it beats the stronger reference by more than this many paired SEs
 
 
 def task_metric(task: str) -> str:
@@ -177,7 +176,7 @@ def summarise(study: str, results_dir: Path | str | None = None,
                         strong = difference
             row["stronger_reference"] = stronger
             row["learns"] = (pd.NA if arm in REFERENCES or stronger is None
-                             else int(strong.margin() > LEARNS_MARGIN_SE * strong.se))
+                             else int(strong.margin() > 0 and strong.resolved))  # beats it by more than 2 paired SE
             rows.append(row)
     out = pd.DataFrame(rows)
     out["learns"] = out["learns"].astype("Int64")
@@ -296,6 +295,6 @@ def format_summary(table: pd.DataFrame) -> str:
                 key = _reference_key(stronger)
                 value, se = getattr(arm, f"vs_{key}_metric"), getattr(arm, f"vs_{key}_metric_se")
                 line += f"; {value:+.4f} (z {value / se if se else math.nan:.2f}): " + (
-                    "learns" if arm.learns else f"does not learn (needs more than {LEARNS_MARGIN_SE:g} SE)")
+                    "learns" if arm.learns else f"does not learn (needs more than {stats.RESOLVED_SE:g} SE)")
             lines.append(line)
     return "\n".join(lines)

@@ -15,8 +15,7 @@ rate only. A profile with `learning_rates: reference` skips the search and runs 
 reference machine's results chose (results/reference/<study>); `arms: [...]` keeps only the arms named (as the
 results name them, e.g. `more(blk_r=1,nblocks=4)`) beside the references. A profile's other keys are TrialConfig's
 fields (besides `seeds`, `shapes` and `jobs`, which expand the grid or pace the runner), so they are checked as the
-trials are. Everything is checked
-before anything runs; an error names the file, the key and the reason.
+trials are. Everything is checked before anything runs; an error names the file, the key and the reason.
 """
 from __future__ import annotations
 
