@@ -33,11 +33,11 @@ def test_list_names_studies_models_tasks_and_adapters(capsys):
 
 def test_dry_run_lists_the_trials_with_their_counts_on_the_meta_device(capsys):
     status, out, _ = run(capsys, "run", "rank_ablation", "--dry-run", "--profile", "cpu")
-    # the search: 2 MoRe, 3 LoRA at 5 rates, at seed 0; the two references at each of the 3 seeds
-    assert status == 0 and "31 trials" in out and "then the other seeds" in out and "10 more trials" in out
+    # the search: 1 MoRe, 2 LoRA at 5 rates, at seed 0; the two references at each of the 3 seeds
+    assert status == 0 and "21 trials" in out and "then the other seeds" in out and "6 more trials" in out
     lines = out.split("trial_id")[1].splitlines()
-    more = next(line for line in lines if "more(blk_r=4,nblocks=4)" in line)
-    assert "144 x 16" in more and "55,296" in more  # 18 matrices of 384 x 384 at 3,072 parameters each
+    more = next(line for line in lines if "more(blk_r=1,nblocks=4)" in line)
+    assert "144 x 16" in more and "13,824" in more  # 18 matrices of 384 x 384 at 768 parameters each
     assert "221,184" in next(line for line in lines if "lora(lora_alpha=32,r=16)" in line)  # 16x MoRe's smallest
     for reference in (" head only ", " calibrated "):
         assert any(reference in line and line.split()[-1] == "0" for line in lines)

@@ -70,5 +70,5 @@ def test_rank_ablation_pairs_each_more_rank_with_lora_of_equal_parameters():
     trials = frame.drop_duplicates("trial_id").set_index("trial_id")
     more = sorted(set(params[trials.adapter[params.index] == "more"]))
     lora = sorted(set(params[trials.adapter[params.index] == "lora"]))
-    assert lora[:len(more)] == more and len(more) >= 2
+    assert lora[:len(more)] == more and len(more) >= 1
     assert max(lora) >= 10 * min(more)  # the paper's "10x fewer parameters" is on the axis
