@@ -3,10 +3,14 @@ over seeds, the reference machine's beside them dotted and fainter), the referen
 (dashed, hollow markers), and one axis for both when they share the quality metric, else two panels side by side."""
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from .style import OURS_MARKERS, PAPER_LOOK, SOURCE_LOOKS, finish, new_figure, series_colours
 from .tables import METRIC_NAMES, SOURCE, Quality, error_bars, sources
+
+SHORT_NAME = 12  # characters: a one-point series' name up to this long is written upright beside its neighbours
 
 
 def draw_series(ax, points: pd.DataFrame, colour, label: str, marker: str, look: dict, band: bool) -> None:
@@ -20,25 +24,49 @@ def draw_series(ax, points: pd.DataFrame, colour, label: str, marker: str, look:
                         linewidth=0)
 
 
-def draw_ours(ax, points: pd.DataFrame, colours: dict, lines: pd.DataFrame) -> None:
-    """Each source's series (this machine's, then the reference machine's beside them) and reference lines."""
+def draw_ours(ax, points: pd.DataFrame, colours: dict, lines: pd.DataFrame) -> list:
+    """Each source's series (this machine's, then the reference machine's beside them) and reference lines;
+    returns the first source's one-point series, (name, point), to be named once the axis is set up."""
     combos = list(points.groupby(["model", "task"], dropna=False).groups)
     order = list(dict.fromkeys(sources(points)))
+    lone = []
     for (source, model, task, series), group in points.groupby([sources(points), "model", "task", "series"],
                                                                dropna=False, sort=False):
         marker = OURS_MARKERS[combos.index((model, task)) % len(OURS_MARKERS)]
         draw_series(ax, group, colours[series], f"{source} · {model} / {task} · {series}", marker,
                     SOURCE_LOOKS[order.index(source)], band=True)
-        if len(group) == 1 and source == order[0]:  # a one-point series is named at its point
-            point = group.iloc[0]
-            ax.annotate(series, (point["x"], point["hi"] if pd.notna(point["hi"]) else point["y"]),
-                        xytext=(0, 3), textcoords="offset points", rotation=90, ha="center", va="bottom",
-                        fontsize=5, color=colours[series])
+        if len(group) == 1 and source == order[0]:
+            lone.append((series, group.iloc[0]))
     styles = [":", "-.", (0, (1, 3))]
     for i, (_, line) in enumerate(lines.iterrows()):
         alpha = SOURCE_LOOKS[order.index(line[SOURCE])].get("alpha", 1) if line[SOURCE] in order else 1
         label = " · ".join(filter(None, [line["text"], line[SOURCE], f"{line['model']} / {line['task']}"]))
         ax.axhline(line["y"], color="0.35", linestyle=styles[i % len(styles)], linewidth=1, alpha=alpha, label=label)
+    return lone
+
+
+def name_lone_points(ax, lone: list, colours: dict) -> None:
+    """Names each one-point series above its error bar: upright when the name is short (neighbours side by side
+    stay apart), else level. The axis gains the headroom the names need, measured as drawn, so they take no
+    space from the panel's layout."""
+    if not lone:
+        return
+    ax.autoscale_view()
+    low, high = ax.get_ylim()
+    left, right = (math.log(x) for x in ax.get_xlim())  # both quality figures' x axes are logarithmic
+    renderer = ax.figure.canvas.get_renderer()
+    axes_height = ax.get_window_extent(renderer).height
+    for series, point in lone:
+        where = (math.log(point["x"]) - left) / (right - left)  # the axes fraction on a log axis
+        upright = len(series) <= SHORT_NAME
+        align = "center" if upright or 0.2 <= where <= 0.8 else "left" if where < 0.2 else "right"
+        top = point["hi"] if pd.notna(point["hi"]) else point["y"]
+        text = ax.annotate(series, (point["x"], top), xytext=(0, 3), textcoords="offset points", ha=align,
+                           va="bottom", rotation=90 if upright else 0, fontsize=5, color=colours[series])
+        text.set_in_layout(False)
+        room = (text.get_window_extent(renderer).height + 6) / axes_height  # the name and its gap, in axes shares
+        high = max(high, (top - room * low) / (1 - room))  # the name's top inside the axes
+    ax.set_ylim(low, high)
 
 
 def draw_paper_series(ax, table: pd.DataFrame, colours: dict) -> None:
@@ -55,8 +83,9 @@ def quality_figure(ours, lines, paper, q: Quality, axis, title: str, captions: l
     keys = list(ours["series"]) if ours is not None else []
     keys += list(paper["colour_key"]) if paper is not None else []
     colours = series_colours(keys)
+    lone = []
     if ours is not None:
-        draw_ours(axes[0], ours, colours, lines)
+        lone = draw_ours(axes[0], ours, colours, lines)
         axes[0].set_ylabel(q.axis_label)
     if paper is not None:
         paper_ax = axes[-1]
@@ -66,6 +95,7 @@ def quality_figure(ours, lines, paper, q: Quality, axis, title: str, captions: l
             paper_ax.set_ylabel(f"{METRIC_NAMES.get(metric, metric)} × 100")
     for ax in axes:
         axis(ax)
+    name_lone_points(axes[0], lone, colours)
     if separate:
         axes[0].set_title("ours")
         axes[1].set_title("paper (its own metric: not on the same axis)")

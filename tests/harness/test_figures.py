@@ -328,6 +328,36 @@ def test_series_of_nearly_one_size_are_spread_and_lines_keep_their_counts():
     assert spread_shared_x(mixed)[0]["x"].tolist() == mixed["x"].tolist()
 
 
+def test_one_point_series_are_named_inside_the_axes_without_squashing_the_panel():
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from harness.figures.quality import SHORT_NAME, name_lone_points
+
+    fig, (ax,) = style.new_figure(1)
+    ax.set_xscale("log")
+    points = {"MoRe": (14_000, 70.7, 75.7), "LoRA (16x the smallest MoRe)": (221_184, 53.1, 95.4)}
+    for x, y, hi in points.values():
+        ax.errorbar([x], [y], yerr=[[y - 10], [hi - y]])
+    fig.canvas.draw()
+    before = ax.get_window_extent().height
+    name_lone_points(ax, [(name, pd.Series({"x": x, "y": y, "hi": hi})) for name, (x, y, hi) in points.items()],
+                     {name: "k" for name in points})
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = ax.get_window_extent(renderer)
+    assert box.height == pytest.approx(before)  # the names take no height from the axes
+    names = {text.get_text(): text for text in ax.texts}
+    assert set(names) == set(points)
+    for name, text in names.items():
+        extent = text.get_window_extent(renderer)
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1 + 0.5, name  # drawn inside the axes, headroom added
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1 + 0.5, name  # the long name at the right edge too
+        assert text.get_rotation() == (90 if len(name) <= SHORT_NAME else 0)
+    assert ax.get_ylim()[1] < 140  # headroom for the names only, not a doubled axis
+    plt.close("all")
+
+
 def test_the_paper_panel_sits_beside_studies_of_more_and_lora_only():
     import pandas as pd
 
