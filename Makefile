@@ -14,7 +14,7 @@ HARNESS := $(PY) -m harness
 STUDY_FLAGS ?=
 
 .PHONY: setup test bench gpu-check clean-venv figures paper-figures \
-        study-rank-ablation study-bbq study-block-ablation study-methods study-efficiency
+        study-rank-ablation study-bbq study-rate-sensitivity study-block-ablation study-methods study-efficiency
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ study-bbq: setup
 	$(HARNESS) run bbq $(STUDY_FLAGS)
 	$(HARNESS) figures bbq
 	$(HARNESS) analyse bbq
+
+study-rate-sensitivity: setup
+	$(HARNESS) run rate_sensitivity $(STUDY_FLAGS)
+	$(HARNESS) figures rate_sensitivity
+	$(HARNESS) analyse rate_sensitivity
 
 study-block-ablation: setup
 	$(HARNESS) run block_ablation $(STUDY_FLAGS)

@@ -224,26 +224,20 @@ def compare_arms(study: str, a: str, b: str, split: str = "test", results_dir: P
                  model: str | None = None, task: str | None = None,
                  n_resamples: int | None = None) -> Comparison:
     """The paired difference a - b in the task metric and the loss, each arm at its chosen learning rate.
-    `model` and `task` narrow a study that ran several."""
+    An arm named `OTHER:arm` is taken from study OTHER (its own choice of rate), paired on the same questions and
+    seeds: two studies of one model and task. `model` and `task` narrow a study that ran several."""
     n_resamples = n_resamples or stats.N_RESAMPLES
-    frame, chosen = _study_choices(study, results_dir)
-    for column, value in (("model", model), ("task", task)):
-        if value is not None:
-            if value not in set(chosen[column]):
-                raise ValueError(f"No {column} {value!r} in {study}; it has {', '.join(sorted(set(chosen[column])))}.")
-            chosen = chosen[chosen[column] == value]
-    groups = chosen[["model", "task"]].drop_duplicates()
-    if len(groups) != 1:
-        pairs = ", ".join(f"{m} / {t}" for m, t in groups.itertuples(index=False)) or "none"
-        raise ValueError(f"Study {study!r} has finished training trials on {pairs}: name one model and task.")
-    names = [resolve_arm(name, list(chosen["arm"])) for name in (a, b)]
-    if names[0] == names[1]:
-        raise ValueError(f"{a!r} and {b!r} are the same arm ({names[0]}): name two different arms.")
-    chosen = chosen.set_index("arm")
-    model, task = groups.iloc[0]
-    metric = chosen["metric"].iloc[0]
-    store = Store(study, results_dir)
-    outputs = [arm_outputs(store, frame, model, task, name, chosen.at[name, "lr"], split) for name in names]
+    sides = [_arm_side(study, name, results_dir, model, task) for name in (a, b)]
+    if {side[:2] for side in sides} != {sides[0][:2]}:
+        raise ValueError(f"{a!r} ran on {' / '.join(sides[0][:2])} and {b!r} on {' / '.join(sides[1][:2])}: "
+                         "a paired comparison needs one model and task.")
+    if sides[0][2:4] == sides[1][2:4]:
+        raise ValueError(f"{a!r} and {b!r} are the same arm ({sides[0][3]}): name two different arms.")
+    model, task = sides[0][:2]
+    names = [arm if source == study else f"{source}:{arm}" for _, _, source, arm, *_ in sides]
+    metric = sides[0][5]
+    outputs = [arm_outputs(Store(source, results_dir), frame, model, task, arm, lr, split)
+               for _, _, source, arm, lr, _, frame in sides]
     common = set(outputs[0]) & set(outputs[1])
     if not common:
         raise ValueError(f"{names[0]} ran seeds {sorted(outputs[0])} and {names[1]} seeds {sorted(outputs[1])}: "
@@ -252,7 +246,26 @@ def compare_arms(study: str, a: str, b: str, split: str = "test", results_dir: P
     measures = (metric, "loss")
     values = {name: {m: stats.estimate(arm, m, n_resamples) for m in measures} for name, arm in zip(names, outputs)}
     difference = {m: stats.paired_difference(*outputs, m, n_resamples) for m in measures}
-    return Comparison(model, task, split, tuple(names), tuple(chosen.loc[names, "lr"]), metric, values, difference)
+    return Comparison(model, task, split, tuple(names), tuple(side[4] for side in sides), metric, values, difference)
+
+
+def _arm_side(study: str, name: str, results_dir, model: str | None, task: str | None) -> tuple:
+    """(model, task, study, arm, chosen rate, metric, the study's frame) for an arm named `arm` or `STUDY:arm`."""
+    source, _, name = name.rpartition(":") if ":" in name.split("(")[0] else ("", "", name)
+    source = source or study
+    frame, chosen = _study_choices(source, results_dir)
+    for column, value in (("model", model), ("task", task)):
+        if value is not None:
+            if value not in set(chosen[column]):
+                raise ValueError(f"No {column} {value!r} in {source}; it has {', '.join(sorted(set(chosen[column])))}.")
+            chosen = chosen[chosen[column] == value]
+    groups = chosen[["model", "task"]].drop_duplicates()
+    if len(groups) != 1:
+        pairs = ", ".join(f"{m} / {t}" for m, t in groups.itertuples(index=False)) or "none"
+        raise ValueError(f"Study {source!r} has finished training trials on {pairs}: name one model and task.")
+    arm = resolve_arm(name, list(chosen["arm"]))
+    row = chosen.set_index("arm").loc[arm]
+    return (*groups.iloc[0], source, arm, row["lr"], row["metric"], frame)
 
 
 def _interval_text(interval: stats.Interval) -> str:

@@ -145,6 +145,24 @@ def test_compare_arms_pairs_the_arms_on_their_seeds(results):
     assert on_validation.difference["accuracy"].value == pytest.approx(25 / N)
 
 
+def test_compare_arms_takes_an_arm_from_another_study_at_that_study_s_rate(results):
+    """`OTHER:arm` pairs an arm of a second study of the same model and task (a sensitivity run, say) on the same
+    questions and seeds, at the rate that study chose."""
+    other = Store("rerun", results)
+    for seed in SEEDS:
+        other.write(record_of("rerun", *trial("lora", 1e-3, seed)))
+    comparison = analysis.compare_arms(STUDY, "more", "rerun:lora", results_dir=results, n_resamples=RESAMPLES)
+    assert comparison.arms == (MORE.label, f"rerun:{LORA.label}") and comparison.lrs == (1e-3, 1e-3)
+    # more at 1e-3 gains 30 and loses 5 of the reference's answers on test; lora at 1e-3 gains 40
+    assert comparison.difference["accuracy"].value == pytest.approx((25 - 40) / N)
+    here = analysis.compare_arms(STUDY, "more", "lora", results_dir=results, n_resamples=RESAMPLES)
+    assert here.lrs == (1e-3, 4e-3)  # in its own study lora's validation chose 4e-3
+    with pytest.raises(ValueError, match="same arm"):
+        analysis.compare_arms(STUDY, "lora", f"{STUDY}:lora", results_dir=results)
+    with pytest.raises(FileNotFoundError, match="No results for study 'elsewhere'"):
+        analysis.compare_arms(STUDY, "lora", "elsewhere:lora", results_dir=results)
+
+
 def run(capsys, *argv):
     code = main(list(argv))
     captured = capsys.readouterr()
