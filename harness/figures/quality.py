@@ -37,7 +37,7 @@ def draw_ours(ax, points: pd.DataFrame, colours: dict, lines: pd.DataFrame) -> l
                     SOURCE_LOOKS[order.index(source)], band=True)
         if len(group) == 1 and source == order[0]:
             lone.append((series, group.iloc[0]))
-    styles = [":", "-.", (0, (1, 3))]
+    styles = [":", "-.", (0, (5, 1, 1, 1, 1, 1))]  # dotted, dash-dot, dash-dot-dot: apart in the legend
     for i, (_, line) in enumerate(lines.iterrows()):
         alpha = SOURCE_LOOKS[order.index(line[SOURCE])].get("alpha", 1) if line[SOURCE] in order else 1
         label = " · ".join(filter(None, [line["text"], line[SOURCE], f"{line['model']} / {line['task']}"]))

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from .. import paper as paper_tables
 from ..adapters import NO_ADAPTER, SETTING_SHORT_NAMES, series_name
 from ..analysis import choose_learning_rates
+from ..stats import CONFIDENCE
 from ..store import METRIC_COLUMNS, REFERENCE_MACHINE, final_values, load, machine_of
 from ..tasks import TASKS
 from ..trial import CALIBRATED, HEAD_ONLY
@@ -44,9 +46,9 @@ COSTS = {
                ("peak_rss_bytes", "peak process memory, RSS (GiB)", 2.0**-30)],
     "time": [("time_step_s", "time per training step (ms)", 1e3)],
 }
-# Student's t at 97.5% for 1..30 degrees of freedom: 95% confidence bands over a few seeds.
-T_975 = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11,
-         2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04]
+
+
+UPPER = 0.5 + CONFIDENCE / 2  # the upper quantile of a two-sided interval
 
 
 class MissingColumns(ValueError):
@@ -312,7 +314,9 @@ def summarise_seeds(table: pd.DataFrame, bounds=(-math.inf, math.inf)) -> pd.Dat
     points = []
     for _, group in table.groupby(config_keys(table), dropna=False, sort=False):  # sources in their order
         n, y = len(group), group["y"].mean()
-        half = T_975[min(n - 1, 30) - 1] * group["y"].std(ddof=1) / math.sqrt(n) if n > 1 else 1.96 * group["y_se"].iloc[0]
+        # 95% over the seeds' values (Student's t), or over one seed's test set (normal)
+        half = (scipy_stats.t.ppf(UPPER, n - 1) * group["y"].std(ddof=1) / math.sqrt(n) if n > 1
+                else scipy_stats.norm.ppf(UPPER) * group["y_se"].iloc[0])
         points.append({**group.iloc[0].to_dict(), "x": group["x"].median(), "y": y, "n": n,
                        "lo": max(y - half, bounds[0]), "hi": min(y + half, bounds[1])})
     return pd.DataFrame(points)

@@ -87,10 +87,10 @@ def test_summarise_seeds_gives_a_95_percent_interval_over_seeds_or_the_test_set(
     table = pd.DataFrame({"adapter": ["more"] * 3 + ["lora"], "r": [np.nan] * 3 + [8.0],
                           "x": [10.0, 10.0, 10.0, 20.0], "y": [1.0, 2.0, 3.0, 5.0], "y_se": [0.1, 0.1, 0.1, 0.5]})
     points = tables.summarise_seeds(table).set_index("adapter")
-    half = 4.30 * 1.0 / math.sqrt(3)  # t(2) x sd / sqrt(n)
+    half = 4.302653 * 1.0 / math.sqrt(3)  # t(2) at 97.5% x sd / sqrt(n)
     assert points.loc["more", ["y", "n"]].tolist() == [2.0, 3]
     assert points.loc["more", ["lo", "hi"]].tolist() == pytest.approx([2.0 - half, 2.0 + half])
-    assert points.loc["lora", ["lo", "hi", "n"]].tolist() == pytest.approx([5 - 0.98, 5 + 0.98, 1])
+    assert points.loc["lora", ["lo", "hi", "n"]].tolist() == pytest.approx([5 - 0.979982, 5 + 0.979982, 1])
     clipped = tables.summarise_seeds(table, bounds=(0.0, 5.2)).set_index("adapter")
     assert clipped.loc["more", "lo"] == 0.0 and clipped.loc["lora", "hi"] == 5.2
     bars = tables.error_bars(clipped.loc[["more", "lora"]].reset_index())
