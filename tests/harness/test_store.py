@@ -16,9 +16,9 @@ def rows(params: float, loss: float) -> list[dict]:
     return [{"metric": "trainable_params", "value": params, "unit": "params", "step": None, "scope": "", "note": ""},
             {"metric": "trainable_params", "value": params / 2, "unit": "params", "step": None, "scope": "layer.0",
              "note": ""},
-            {"metric": "eval_loss", "value": loss + 1, "unit": "nats", "step": 0, "scope": "", "note": ""},
-            {"metric": "eval_loss", "value": loss, "unit": "nats", "step": 10, "scope": "", "note": ""},
-            {"metric": "eval_loss", "value": loss, "unit": "nats", "step": None, "scope": "", "note": ""}]
+            {"metric": "val_loss", "value": loss + 1, "unit": "nats", "step": 0, "scope": "", "note": ""},
+            {"metric": "val_loss", "value": loss, "unit": "nats", "step": 10, "scope": "", "note": ""},
+            {"metric": "val_loss", "value": loss, "unit": "nats", "step": None, "scope": "", "note": ""}]
 
 
 def configs() -> list[TrialConfig]:
@@ -95,9 +95,9 @@ def test_final_values_and_load(store, tmp_path):
     frame = load("study", tmp_path)
     assert len(frame) == 10 and {"model", "adapter", "status", "nblocks"} <= set(frame.columns)
     final = final_values(frame)
-    assert sorted(final.metric) == ["eval_loss", "eval_loss", "trainable_params", "trainable_params"]
+    assert sorted(final.metric) == ["trainable_params", "trainable_params", "val_loss", "val_loss"]
     more, lora, _ = configs()
-    assert final.set_index(["trial_id", "metric"]).loc[(lora.id, "eval_loss"), "value"] == 0.6
+    assert final.set_index(["trial_id", "metric"]).loc[(lora.id, "val_loss"), "value"] == 0.6
     with pytest.raises(FileNotFoundError, match="Run `python -m harness run nothing` first"):
         load("nothing", tmp_path)
 

@@ -59,7 +59,7 @@ def test_single_file_tasks_are_split_by_the_documented_fractions(name):
     assert sizes["duplicates_dropped"] + sizes["contradicting_dropped"] == DROPPED.get(name, 0)
 
 
-@pytest.mark.parametrize("name", ["siqa", "boolq", "commonsenseqa"])
+@pytest.mark.parametrize("name", ["siqa", "boolq", "commonsenseqa", "bbq"])
 def test_no_question_is_in_two_splits(name):
     task = load_task(name)
     key = lambda e: (_normalised(e.text), _normalised(e.text_pair), tuple(sorted(map(_normalised, e.options))))  # noqa: E731
