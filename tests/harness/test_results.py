@@ -63,6 +63,23 @@ def test_shipped_training_results_hold_their_per_example_outputs_and_references(
         assert test.loss.mean() == pytest.approx(final(frame, "test_loss")[trial_id])
 
 
+def test_a_trial_shipped_in_several_studies_has_the_same_outputs_in_each():
+    """Studies that share trials (rank_ablation, bbq and rate_sensitivity share their references and searches, by
+    trial id) report one result for each: the same per-example outputs wherever the trial ships."""
+    stores = [Store(study, REFERENCE_DIR) for study in TRAINING if (REFERENCE_DIR / study / "trials.csv").exists()]
+    where: dict[str, list[Store]] = {}
+    for store in stores:
+        for trial_id in store.status():
+            where.setdefault(trial_id, []).append(store)
+    shared = {trial_id: found for trial_id, found in where.items() if len(found) > 1}
+    if not shared:
+        pytest.skip("no trial ships in two studies")
+    for trial_id, found in shared.items():
+        first, *others = (store.examples(trial_id) for store in found)
+        for other in others:
+            pd.testing.assert_frame_equal(first, other)
+
+
 def test_rank_ablation_pairs_each_more_rank_with_lora_of_equal_parameters():
     if not (REFERENCE_DIR / "rank_ablation" / "trials.csv").exists():
         pytest.skip("no shipped rank_ablation results")
