@@ -18,6 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
@@ -220,39 +221,68 @@ def resolve_arm(name: str, arms: list[str]) -> str:
     raise ValueError(f"No arm {name!r}; the arms are: {'; '.join(arms)}.")
 
 
+class Side(NamedTuple):
+    """One arm of a comparison: where it ran and the rate its study chose."""
+
+    study: str
+    model: str
+    task: str
+    arm: str
+    lr: float
+    metric: str
+    frame: pd.DataFrame
+
+    @property
+    def trial_ids(self) -> set[str]:
+        rows = self.frame[(self.frame["arm"] == self.arm) & self.frame["lr"].map(lambda v: math.isclose(v, self.lr))]
+        return set(rows["trial_id"])
+
+
 def compare_arms(study: str, a: str, b: str, split: str = "test", results_dir: Path | str | None = None,
                  model: str | None = None, task: str | None = None,
                  n_resamples: int | None = None) -> Comparison:
     """The paired difference a - b in the task metric and the loss, each arm at its chosen learning rate.
-    An arm named `OTHER:arm` is taken from study OTHER (its own choice of rate), paired on the same questions and
-    seeds: two studies of one model and task. `model` and `task` narrow a study that ran several."""
+    An arm named `OTHER:arm` is taken from study OTHER (its own choice of rate; `study` is the study of an arm
+    named without one), paired on the same questions and seeds: two studies of one model and task. `model` and
+    `task` narrow a study that ran several."""
     n_resamples = n_resamples or stats.N_RESAMPLES
-    sides = [_arm_side(study, name, results_dir, model, task) for name in (a, b)]
-    if {side[:2] for side in sides} != {sides[0][:2]}:
-        raise ValueError(f"{a!r} ran on {' / '.join(sides[0][:2])} and {b!r} on {' / '.join(sides[1][:2])}: "
+    sides = [_side(study, name, results_dir, model, task) for name in (a, b)]
+    first, second = sides
+    if (first.model, first.task) != (second.model, second.task):
+        raise ValueError(f"{a!r} ran on {first.model} / {first.task} and {b!r} on {second.model} / {second.task}: "
                          "a paired comparison needs one model and task.")
-    if sides[0][2:4] == sides[1][2:4]:
-        raise ValueError(f"{a!r} and {b!r} are the same arm ({sides[0][3]}): name two different arms.")
-    model, task = sides[0][:2]
-    names = [arm if source == study else f"{source}:{arm}" for _, _, source, arm, *_ in sides]
-    metric = sides[0][5]
-    outputs = [arm_outputs(Store(source, results_dir), frame, model, task, arm, lr, split)
-               for _, _, source, arm, lr, _, frame in sides]
+    if first.trial_ids == second.trial_ids:
+        raise ValueError(f"{a!r} and {b!r} are the same arm ({first.arm} at lr {first.lr:g}, the same trials): "
+                         "name two different arms.")
+    names = [side.arm if side.study == study else f"{side.study}:{side.arm}" for side in sides]
+    outputs = [arm_outputs(Store(side.study, results_dir), side.frame, side.model, side.task, side.arm, side.lr, split)
+               for side in sides]
     common = set(outputs[0]) & set(outputs[1])
     if not common:
         raise ValueError(f"{names[0]} ran seeds {sorted(outputs[0])} and {names[1]} seeds {sorted(outputs[1])}: "
                          "a paired comparison needs a seed both ran.")
     outputs = [{seed: arm[seed] for seed in sorted(common)} for arm in outputs]
-    measures = (metric, "loss")
+    for seed in sorted(common):
+        ids = [set(arm[seed]["example_id"]) for arm in outputs]
+        if ids[0] != ids[1]:
+            raise ValueError(f"At seed {seed}, {names[0]} was evaluated on {len(ids[0])} {split} examples and "
+                             f"{names[1]} on {len(ids[1])}, {len(ids[0] & ids[1])} of them shared: a paired "
+                             "comparison needs the same examples (the same task splits and example limits).")
+    measures = (first.metric, "loss")
     values = {name: {m: stats.estimate(arm, m, n_resamples) for m in measures} for name, arm in zip(names, outputs)}
     difference = {m: stats.paired_difference(*outputs, m, n_resamples) for m in measures}
-    return Comparison(model, task, split, tuple(names), tuple(side[4] for side in sides), metric, values, difference)
+    return Comparison(first.model, first.task, split, tuple(names), (first.lr, second.lr), first.metric, values,
+                      difference)
 
 
-def _arm_side(study: str, name: str, results_dir, model: str | None, task: str | None) -> tuple:
-    """(model, task, study, arm, chosen rate, metric, the study's frame) for an arm named `arm` or `STUDY:arm`."""
-    source, _, name = name.rpartition(":") if ":" in name.split("(")[0] else ("", "", name)
-    source = source or study
+def _side(study: str, name: str, results_dir, model: str | None, task: str | None) -> Side:
+    """The arm `name`, or `STUDY:name` (the prefix ends at the first ':' before any parenthesis), at its study's
+    chosen rate."""
+    head, parenthesis, rest = name.partition("(")
+    source, colon, head = head.rpartition(":")
+    name, source = head + parenthesis + rest, source if colon else study
+    if not name or not source:
+        raise ValueError(f"{name or source!r}: name an arm as ARM or STUDY:ARM (e.g. rank_ablation:r=16).")
     frame, chosen = _study_choices(source, results_dir)
     for column, value in (("model", model), ("task", task)):
         if value is not None:
@@ -263,9 +293,13 @@ def _arm_side(study: str, name: str, results_dir, model: str | None, task: str |
     if len(groups) != 1:
         pairs = ", ".join(f"{m} / {t}" for m, t in groups.itertuples(index=False)) or "none"
         raise ValueError(f"Study {source!r} has finished training trials on {pairs}: name one model and task.")
-    arm = resolve_arm(name, list(chosen["arm"]))
+    try:
+        arm = resolve_arm(name, list(chosen["arm"]))
+    except ValueError as error:
+        raise ValueError(f"In study {source!r}: {error}") from None
     row = chosen.set_index("arm").loc[arm]
-    return (*groups.iloc[0], source, arm, row["lr"], row["metric"], frame)
+    (model, task), = groups.itertuples(index=False)
+    return Side(source, model, task, arm, row["lr"], row["metric"], frame)
 
 
 def _interval_text(interval: stats.Interval) -> str:

@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("compare-arms", help="the paired difference of two arms of a study, with its 95% interval")
     ca.add_argument("study")
-    ca.add_argument("a", help="an arm's name or a unique part of it: 'more(blk_r=4,nblocks=4)', 'r=16', 'calibrated'")
+    ca.add_argument("a", help="an arm's name or a unique part of it: 'more(blk_r=1,nblocks=4)', 'r=16', 'calibrated'")
     ca.add_argument("b", help="the same; OTHER:arm takes the arm from study OTHER (one model and task, paired on "
                               "the same questions and seeds)")
     ca.add_argument("--split", default="test", choices=analysis.SPLITS)

@@ -3,8 +3,6 @@ over seeds, the reference machine's beside them dotted and fainter), the referen
 (dashed, hollow markers), and one axis for both when they share the quality metric, else two panels side by side."""
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from .style import OURS_MARKERS, PAPER_LOOK, SOURCE_LOOKS, finish, new_figure, series_colours
@@ -53,18 +51,17 @@ def name_lone_points(ax, lone: list, colours: dict) -> None:
         return
     ax.autoscale_view()
     low, high = ax.get_ylim()
-    left, right = (math.log(x) for x in ax.get_xlim())  # both quality figures' x axes are logarithmic
     renderer = ax.figure.canvas.get_renderer()
     axes_height = ax.get_window_extent(renderer).height
     for series, point in lone:
-        where = (math.log(point["x"]) - left) / (right - left)  # the axes fraction on a log axis
+        where = ax.transAxes.inverted().transform(ax.transData.transform((point["x"], point["y"])))[0]
         upright = len(series) <= SHORT_NAME
         align = "center" if upright or 0.2 <= where <= 0.8 else "left" if where < 0.2 else "right"
         top = point["hi"] if pd.notna(point["hi"]) else point["y"]
         text = ax.annotate(series, (point["x"], top), xytext=(0, 3), textcoords="offset points", ha=align,
                            va="bottom", rotation=90 if upright else 0, fontsize=5, color=colours[series])
         text.set_in_layout(False)
-        room = (text.get_window_extent(renderer).height + 6) / axes_height  # the name and its gap, in axes shares
+        room = min(0.5, (text.get_window_extent(renderer).height + 6) / axes_height)  # name and gap, axes shares
         high = max(high, (top - room * low) / (1 - room))  # the name's top inside the axes
     ax.set_ylim(low, high)
 

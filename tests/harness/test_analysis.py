@@ -151,7 +151,9 @@ def test_compare_arms_takes_an_arm_from_another_study_at_that_study_s_rate(resul
     other = Store("rerun", results)
     for seed in SEEDS:
         other.write(record_of("rerun", *trial("lora", 1e-3, seed)))
-    comparison = analysis.compare_arms(STUDY, "more", "rerun:lora", results_dir=results, n_resamples=RESAMPLES)
+        other.write(record_of("rerun", *trial("calibrated", 1e-3, seed)))
+    comparison = analysis.compare_arms(STUDY, "more", f"rerun:{LORA.label}", results_dir=results,
+                                       n_resamples=RESAMPLES)  # the prefix ends before the arm's parenthesis
     assert comparison.arms == (MORE.label, f"rerun:{LORA.label}") and comparison.lrs == (1e-3, 1e-3)
     # more at 1e-3 gains 30 and loses 5 of the reference's answers on test; lora at 1e-3 gains 40
     assert comparison.difference["accuracy"].value == pytest.approx((25 - 40) / N)
@@ -159,6 +161,12 @@ def test_compare_arms_takes_an_arm_from_another_study_at_that_study_s_rate(resul
     assert here.lrs == (1e-3, 4e-3)  # in its own study lora's validation chose 4e-3
     with pytest.raises(ValueError, match="same arm"):
         analysis.compare_arms(STUDY, "lora", f"{STUDY}:lora", results_dir=results)
+    with pytest.raises(ValueError, match="same arm .* the same trials"):  # one reference shipped in two studies
+        analysis.compare_arms(STUDY, "calibrated", "rerun:calibrated", results_dir=results)
+    with pytest.raises(ValueError, match="In study 'rerun': No arm 'more'"):
+        analysis.compare_arms(STUDY, "lora", "rerun:more", results_dir=results)
+    with pytest.raises(ValueError, match="name an arm as ARM or STUDY:ARM"):
+        analysis.compare_arms(STUDY, "lora", "rerun:", results_dir=results)
     with pytest.raises(FileNotFoundError, match="No results for study 'elsewhere'"):
         analysis.compare_arms(STUDY, "lora", "elsewhere:lora", results_dir=results)
 
