@@ -96,14 +96,19 @@ def chosen_rates(study: str, results_dir: Path | str | None = None) -> dict:
     return {(row.model, row.task, row.arm): row.lr for row in chosen.itertuples()}
 
 
+def arm_trials(frame: pd.DataFrame, model: str, task: str, arm: str, lr: float) -> pd.DataFrame:
+    """One row per finished trial of an arm at one learning rate."""
+    trials = frame[(frame["status"] == "ok") & (frame["model"] == model) & (frame["task"] == task)
+                   & (frame["arm"] == arm) & frame["lr"].map(lambda value: math.isclose(value, lr))]
+    return trials.drop_duplicates("trial_id")
+
+
 def arm_outputs(store: Store, frame: pd.DataFrame, model: str, task: str, arm: str, lr: float,
                 split: str) -> stats.Outputs:
     """{seed: that seed's per-example outputs on `split`} for one arm at one learning rate (finished trials)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; choose {' or '.join(SPLITS)}.")
-    trials = frame[(frame["status"] == "ok") & (frame["model"] == model) & (frame["task"] == task)
-                   & (frame["arm"] == arm) & frame["lr"].map(lambda value: math.isclose(value, lr))]
-    trials = trials.drop_duplicates("trial_id")
+    trials = arm_trials(frame, model, task, arm, lr)
     if trials.empty:
         raise ValueError(f"No finished trial of {arm!r} on {model} / {task} at lr {lr:g}.")
     repeated = trials[trials["seed"].duplicated(keep=False)]
@@ -234,8 +239,7 @@ class Side(NamedTuple):
 
     @property
     def trial_ids(self) -> set[str]:
-        rows = self.frame[(self.frame["arm"] == self.arm) & self.frame["lr"].map(lambda v: math.isclose(v, self.lr))]
-        return set(rows["trial_id"])
+        return set(arm_trials(self.frame, self.model, self.task, self.arm, self.lr)["trial_id"])
 
 
 def compare_arms(study: str, a: str, b: str, split: str = "test", results_dir: Path | str | None = None,
@@ -246,7 +250,9 @@ def compare_arms(study: str, a: str, b: str, split: str = "test", results_dir: P
     named without one), paired on the same questions and seeds: two studies of one model and task. `model` and
     `task` narrow a study that ran several."""
     n_resamples = n_resamples or stats.N_RESAMPLES
-    sides = [_side(study, name, results_dir, model, task) for name in (a, b)]
+    named = [_study_and_arm(study, name) for name in (a, b)]
+    loaded = {source: _study_choices(source, results_dir) for source, _ in named}  # each study read once
+    sides = [_side(source, name, *loaded[source], model, task) for source, name in named]
     first, second = sides
     if (first.model, first.task) != (second.model, second.task):
         raise ValueError(f"{a!r} ran on {first.model} / {first.task} and {b!r} on {second.model} / {second.task}: "
@@ -275,15 +281,20 @@ def compare_arms(study: str, a: str, b: str, split: str = "test", results_dir: P
                       difference)
 
 
-def _side(study: str, name: str, results_dir, model: str | None, task: str | None) -> Side:
-    """The arm `name`, or `STUDY:name` (the prefix ends at the first ':' before any parenthesis), at its study's
-    chosen rate."""
+def _study_and_arm(study: str, name: str) -> tuple[str, str]:
+    """(study, arm name) from `arm` (in `study`) or `STUDY:arm`; the prefix ends at the last ':' before any
+    parenthesis."""
     head, parenthesis, rest = name.partition("(")
     source, colon, head = head.rpartition(":")
     name, source = head + parenthesis + rest, source if colon else study
     if not name or not source:
         raise ValueError(f"{name or source!r}: name an arm as ARM or STUDY:ARM (e.g. rank_ablation:r=16).")
-    frame, chosen = _study_choices(source, results_dir)
+    return source, name
+
+
+def _side(source: str, name: str, frame: pd.DataFrame, chosen: pd.DataFrame, model: str | None,
+          task: str | None) -> Side:
+    """The arm `name` of study `source` (its results `frame`, its arms' `chosen` rates) at its chosen rate."""
     for column, value in (("model", model), ("task", task)):
         if value is not None:
             if value not in set(chosen[column]):

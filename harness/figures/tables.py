@@ -46,8 +46,6 @@ COSTS = {
                ("peak_rss_bytes", "peak process memory, RSS (GiB)", 2.0**-30)],
     "time": [("time_step_s", "time per training step (ms)", 1e3)],
 }
-
-
 UPPER = 0.5 + CONFIDENCE / 2  # the upper quantile of a two-sided interval
 
 
