@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--results-dir", default=None)
     c.set_defaults(func=cmd_compare)
 
-    ca = sub.add_parser("compare-arms", help="the paired difference of two arms of a study, with its 95% interval")
+    ca = sub.add_parser("compare-arms", help="the paired difference of two arms of a study, with its 95%% interval")
     ca.add_argument("study")
     ca.add_argument("a", help="an arm's name or a unique part of it: 'more(blk_r=1,nblocks=4)', 'r=16', 'calibrated'")
     ca.add_argument("b", help="the same; OTHER:arm takes the arm from study OTHER (one model and task, paired on "

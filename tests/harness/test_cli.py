@@ -31,6 +31,14 @@ def test_list_names_studies_models_tasks_and_adapters(capsys):
         assert name in out, name
 
 
+@pytest.mark.parametrize("command", [[], ["run"], ["measure"], ["compare"], ["compare-arms"], ["analyse"],
+                                     ["figures"], ["list"]])
+def test_every_help_prints_and_exits_0(capsys, command):
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--help"])
+    assert stop.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
 def test_dry_run_lists_the_trials_with_their_counts_on_the_meta_device(capsys):
     status, out, _ = run(capsys, "run", "rank_ablation", "--dry-run", "--profile", "cpu")
     # the search: 1 MoRe, 2 LoRA at 5 rates, at seed 0; the two references at each of the 3 seeds
@@ -53,10 +61,11 @@ def test_dry_run_says_which_knob_value_each_method_was_matched_at(capsys):
         return line.split()
 
     # entry, method, [label,] knob, its count, the MoRe configuration it matched and that one's count
-    assert row("vera", "r=2688")[-3:] == ["55,296", "more(blk_r=4,nblocks=4)", "55,296"]
-    assert row("fourierft", "n_frequency=3072")[-3:] == ["55,296", "more(blk_r=4,nblocks=4)", "55,296"]
-    assert row("boft", "boft_block_size=8")[-3:] == ["62,208", "more(blk_r=4,nblocks=4)", "55,296"]
-    assert row("DoRA", "r=3,use_dora=True")[-3:] == ["48,384", "more(blk_r=4,nblocks=4)", "55,296"]
+    more = ["more(blk_r=1,nblocks=4)", "13,824"]
+    assert row("vera", "r=384")[-3:] == ["13,824", *more]
+    assert row("fourierft", "n_frequency=768")[-3:] == ["13,824", *more]
+    assert row("boft", "boft_block_size=2")[-3:] == ["20,736", *more]
+    assert row("DoRA", "r=1,use_dora=True")[-3:] == ["20,736", *more]  # LoRA r 1 and 18 magnitude vectors of 384
     assert row("ia3")[-4:] == ["own", "size", "6,912", "-"]  # no knob, matched to nothing
     methods = {line.split()[1] for line in plan if line.strip().startswith("adapters[")}
     assert methods == {"more", "lora", "vera", "boft", "oft", "loha", "lokr", "fourierft", "ia3", "c3a"}
