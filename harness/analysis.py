@@ -9,7 +9,8 @@ against the references and against any other arm, with intervals over examples a
 - `summarise` / `write_summary`: one row per arm at its chosen rate (results/<study>/analysis.csv): the test
   metric and loss with 95% intervals (`harness.stats`), the paired difference to each reference, and `learns`:
   1 when the arm beats the stronger reference (the one with the higher test metric) by more than 2 paired
-  standard errors in the task metric.
+  standard errors in the task metric. Failed training trials are counted per arm (`failed`, with the first one's
+  `error`); an arm none of whose trials finished is a row with only those.
 - `compare_arms`: the paired difference of any two arms, each at its chosen rate, on the seeds both ran.
 """
 from __future__ import annotations
@@ -186,6 +187,26 @@ def summarise(study: str, results_dir: Path | str | None = None,
             rows.append(row)
     out = pd.DataFrame(rows)
     out["learns"] = out["learns"].astype("Int64")
+    return with_failures(out, failed_trials(store))
+
+
+def failed_trials(store: Store) -> pd.DataFrame:
+    """The study's training trials that did not finish (their records keep the reason: error_type, error)."""
+    trials = pd.read_csv(store.root / "trials.csv")
+    failed = trials[(trials["status"] != "ok") & trials["task"].notna()]
+    return failed[failed["kind"] == "train"] if "kind" in failed else failed
+
+
+def with_failures(table: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
+    """`table` with each arm's failed training trials counted (`failed`) and the first one's reason (`error`); an arm
+    none of whose trials finished gets a row of its own, with only these filled in."""
+    reasons = (failed["error_type"].fillna("error").astype(str) + ": " + failed["error"].fillna("").astype(str)
+               if len(failed) else pd.Series(dtype=str))
+    counts = (failed.assign(reason=reasons).groupby(GROUP, sort=True)
+              .agg(failed=("trial_id", "size"), error=("reason", "first")).reset_index())
+    out = table.merge(counts, on=GROUP, how="outer", sort=False)
+    out["failed"] = out["failed"].fillna(0).astype(int)
+    out["error"] = out["error"].fillna("")
     return out
 
 
@@ -340,11 +361,16 @@ def format_summary(table: pd.DataFrame) -> str:
     difference to the stronger reference and whether it learns."""
     lines = []
     for (model, task), arms in table.groupby(["model", "task"], sort=False):
-        metric, stronger = arms["metric"].iloc[0], arms["stronger_reference"].iloc[0]
+        finished = arms[arms["metric"].notna()]
+        metric = finished["metric"].iloc[0] if len(finished) else "metric"
+        stronger = finished["stronger_reference"].iloc[0] if len(finished) else None
         header = f"{model} / {task}: test {metric} and loss, 95% intervals"
         lines.append(header + (f"; difference to the stronger reference, {stronger}" if isinstance(stronger, str)
                                else "; no reference arm"))
         for arm in arms.itertuples(index=False):
+            if pd.isna(arm.metric):
+                lines.append(f"  {arm.arm:<32} failed: all {arm.failed} of its trials; {arm.error}")
+                continue
             line = (f"  {arm.arm:<32} lr {arm.lr:<8g} (best of {arm.rates} on validation), {arm.seeds} seeds, "
                     f"{arm.trainable_params:,.0f} trainable: {metric} {arm.test_metric:.4f} "
                     f"[{arm.test_metric_low:.4f}, {arm.test_metric_high:.4f}], loss {arm.test_loss:.4f} "
@@ -354,5 +380,7 @@ def format_summary(table: pd.DataFrame) -> str:
                 value, se = getattr(arm, f"vs_{key}_metric"), getattr(arm, f"vs_{key}_metric_se")
                 line += f"; {value:+.4f} (z {value / se if se else math.nan:.2f}): " + (
                     "learns" if arm.learns else f"does not learn (needs more than {stats.RESOLVED_SE:g} SE)")
+            if arm.failed:
+                line += f"; {arm.failed} trial(s) failed ({arm.error})"
             lines.append(line)
     return "\n".join(lines)

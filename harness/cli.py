@@ -96,8 +96,9 @@ def dry_run_table(trials: list[TrialConfig]) -> str:
              f"{'adapter params (meta)':>24}"]
     for t in trials:
         spec = t.adapter
-        count = _params_cell(t.model, t.target_modules, spec)
-        label = t.arm if t.kind == "train" else (spec.label if spec else "none")
+        count = "-" if t.kind == "interleaved" else _params_cell(t.model, t.target_modules, spec)
+        label = {"train": t.arm, "interleaved": f"step time of {len(t.adapters)} in turn"}.get(
+            t.kind, spec.label if spec else "none")
         shape = f"{t.seq_len} x {t.batch}"
         lines.append(f"{t.id:<16}  {t.model:<20} {str(t.task or '-'):<10} {label:<30} {shape:>11} {str(t.lr):>8} "
                      f"{t.seed:>4} {count:>24}")

@@ -20,6 +20,7 @@ trials are. Everything is checked before anything runs; an error names the file,
 from __future__ import annotations
 
 import ast
+import dataclasses
 import itertools
 import math
 import operator
@@ -222,8 +223,10 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
         _check_profile(path, f"shapes[{i}]", shape)
     adapter_points = _adapter_points(path, raw["adapters"])
     study_level = {key: raw[key] for key in ("measure", "target_modules") if key in raw}
-    # a training trial counts no FLOPs: a training study that asks for them gets one counting trial per configuration
+    # a training trial counts no FLOPs: a training study that asks for them gets one counting trial per configuration;
+    # one that asks for time also gets its configurations timed in turn (`_timing_trials`)
     counts_flops = bool(raw.get("tasks")) and "flops" in study_level.get("measure", [])
+    times_steps = bool(raw.get("tasks")) and "time" in study_level.get("measure", [])
     if counts_flops:
         study_level["measure"] = [m for m in study_level["measure"] if m != "flops"]
 
@@ -238,7 +241,7 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
             given = {**study_level, **budget, **shape, **point}
             trials.append(_trial(path, f"profiles.{profile}", kind="train" if task else "measure", model=model, task=task,
                                  seed=seed, profile=profile, **{k: v for k, v in given.items() if v is not None}))
-        if counts_flops and seed == min(seeds):
+        if (counts_flops or times_steps) and seed == min(seeds):
             counting += _flop_trials(path, f"profiles.{profile}", points, model, task, {**study_level, **budget, **shape},
                                    seed, profile)
     if not trials:
@@ -246,9 +249,13 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
         raise StudyError(path, "adapters", "two grid points resolve to the same trial; remove the duplicate")
-    trials += {t.id: t for t in counting}.values()  # tasks of one shape share their counting trials
+    counting = list({t.id: t for t in counting}.values())  # tasks of one shape share their counting trials
     if arms is not None:
         trials = _keep_arms(path, f"profiles.{profile}.arms", trials, arms)
+        counting = [t for t in counting if t.arm in arms]
+    trials += counting if counts_flops else []
+    if times_steps:
+        trials += _timing_trials(path, f"profiles.{profile}", counting)
     return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs, learning_rates)
 
 
@@ -265,6 +272,20 @@ def _flop_trials(path, profile_key: str, points, model, task, given, seed, profi
     return [_trial(path, profile_key, kind="measure", model=model, seed=seed, profile=profile, measure=["flops"],
                    adapter=p["adapter"], label=p["label"], **kept, **{k: v for k, v in shape.items() if v is not None})
             for p in configurations.values()]
+
+
+def _timing_trials(path, profile_key: str, counting: list[TrialConfig]) -> list[TrialConfig]:
+    """A training study that measures time also gets, per model and step shape, one interleaved trial: every adapter
+    configuration's training step timed in turn (A, B, C, A, B, C, ...) in one process, at the shape the counting
+    trials (`_flop_trials`) count, so that a machine shared with other trials slows all of them alike. The
+    training trials' own step times (means over their runs) stay beside it."""
+    groups: dict[tuple, list[TrialConfig]] = {}
+    for trial in counting:
+        groups.setdefault((trial.model, trial.batch, trial.seq_len), []).append(trial)
+    return [_trial(path, profile_key, **{**{f.name: getattr(group[0], f.name) for f in dataclasses.fields(TrialConfig)},
+                                         "kind": "interleaved", "adapter": None, "label": None, "measure": ["time"],
+                                         "adapters": tuple(t.adapter for t in group)})
+            for group in groups.values()]
 
 
 def _keep_arms(path: Path, key: str, trials: list[TrialConfig], arms: list) -> list[TrialConfig]:

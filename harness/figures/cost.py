@@ -13,7 +13,8 @@ from matplotlib.ticker import EngFormatter, MaxNLocator
 
 from .style import SOURCE_BAR_LOOKS, STYLE, finish, series_colours, styled
 from .tables import (RESULT_COLUMNS, NothingToDraw, config_label, cost_metric, describe_ours, describe_sharing, fmt,
-                     is_training_study, notes_of, ok_only, per_trial, require, row_series, sources, unique_text)
+                     is_training_study, notes_of, ok_only, per_trial, require, row_series, sources, timed_in_turn,
+                     unique_text)
 
 
 @styled
@@ -38,7 +39,8 @@ def cost_panels(results: pd.DataFrame, *, out_dir, costs=("params", "flops", "me
 
 def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Path]:
     metric, label, scale = cost_metric(results, cost)
-    table = per_trial(results, [metric, f"{metric}_iqr"])
+    in_turn = timed_in_turn(results, [metric, f"{metric}_iqr"]) if metric == "time_step_s" else None
+    table = per_trial(results, [metric, f"{metric}_iqr"]) if in_turn is None else in_turn
     table["config"] = [config_label(row) for _, row in table.iterrows()]
     table["series"] = [row_series(row) for _, row in table.iterrows()]
     table["seq_len"] = table["seq_len"] if "seq_len" in table else np.nan
@@ -65,10 +67,12 @@ def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Pa
         captions.append("bars: median; whiskers: interquartile range of the repeats")
     if metric.startswith("flops") and is_training_study(results):
         captions.append(describe_counting(table))
-    if metric == "time_step_s":
+    if in_turn is not None:
+        captions.append(describe_in_turn(results, metric))
+    elif metric == "time_step_s":
         captions.append(describe_sharing(results))
-    if metric == "time_step_s" and notes_of(results, metric).startswith("mean"):
-        captions.append("training trials: mean step time over the run")
+        if notes_of(results, metric).startswith("mean"):
+            captions.append("training trials: mean step time over the run")
     return finish(fig, list(axes.flat), f"Cost: {label.split(' (')[0]}", captions, out_dir, name)
 
 
@@ -93,6 +97,15 @@ def draw_cost_facet(ax, facet, metric, scale, configs, colours, results, order) 
         note = notes_of(model_rows, metric) or "not measured"
         ax.text(0.5, 0.5, textwrap.fill(note, 28), transform=ax.transAxes, ha="center", va="center", fontsize=6)
         ax.set_xticks([])
+
+
+def describe_in_turn(results: pd.DataFrame, metric: str) -> str:
+    """How an interleaved timing trial timed its adapters."""
+    timed = results[(results["kind"] == "interleaved") & (results["metric"] == metric)]
+    shape = f"{unique_text(timed, 'batch')} sequences of {unique_text(timed, 'seq_len')} tokens"
+    return (f"time: every adapter's training step timed in turn (A, B, C, ..., A, B, C, ...) in one process, "
+            f"{notes_of(timed, metric) or 'median'} rounds each, {shape}, so that other work on the machine slows "
+            "all alike")
 
 
 def describe_counting(table: pd.DataFrame) -> str:

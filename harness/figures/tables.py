@@ -115,6 +115,24 @@ def per_trial(results: pd.DataFrame, metrics, step: int | None = None) -> pd.Dat
     return config.join(wide, how="inner").reset_index()
 
 
+def timed_in_turn(results: pd.DataFrame, metrics) -> pd.DataFrame | None:
+    """A training study's interleaved timing trials (harness.spec) as one row per source and adapter: the columns
+    of the adapter's counting trial (same model and step shape), and the values the interleaved trial measured for
+    it (its rows scoped by the adapter's label, which is the counting trial's arm). None unless every source
+    has such a trial."""
+    if "kind" not in results:
+        return None
+    keys = [SOURCE] if SOURCE in results else []
+    timed = results[(results["kind"] == "interleaved") & results["metric"].isin(list(metrics)) & results["step"].isna()]
+    if timed.empty or set(sources(timed)) != set(sources(results)):
+        return None
+    wide = timed.groupby(keys + ["model", "scope", "metric"])["value"].first().unstack()
+    wide = wide.reindex(columns=list(metrics)).reset_index().rename(columns={"scope": "arm"})
+    counting = results[results["kind"] == "measure"].drop_duplicates(keys + ["model", "arm"])
+    counting = counting[[c for c in counting.columns if c not in METRIC_COLUMNS]]
+    return counting.merge(wide, on=keys + ["model", "arm"], how="inner")
+
+
 def notes_of(results: pd.DataFrame, metric: str) -> str:
     """The first note of a metric's rows ("not measured: ...", "majority class"), or ""."""
     if "note" not in results:

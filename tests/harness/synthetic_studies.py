@@ -102,6 +102,17 @@ def counting_records(study="rank_ablation"):
             for method, params in [("more", p) for p in MORE_RANKS] + [("lora", p) for p in LORA_RANKS]]
 
 
+def in_turn_record(study="rank_ablation"):
+    """The interleaved trial a training study that asks for time adds: every configuration's training step timed in
+    turn in one process, its rows scoped by each configuration's arm; configuration i takes 0.5 + 0.1 i seconds."""
+    arms = [f"{method}(" + ",".join(f"{k}={v}" for k, v in sorted(params.items())) + ")"
+            for method, params in [("more", p) for p in MORE_RANKS] + [("lora", p) for p in LORA_RANKS]]
+    rows = [r for i, arm in enumerate(arms) for r in (row("time_step_s", 0.5 + 0.1 * i, "s", scope=arm, note="median of 10"),
+                                                      row("time_step_s_iqr", 0.01, "s", scope=arm))]
+    return finished_trial(study, {"kind": "interleaved", "model": "minilm", "task": None, "adapter": "none",
+                                  "adapter_params": {}, "seed": 0, "profile": "cpu", "batch": 16, "seq_len": 64}, rows)
+
+
 def block_records(study="block_ablation"):
     return [finished_trial(study, training_config("more", {"nblocks": k, "blk_r": 4}, seed),
                            training_rows(adapter_count({"blk_r": 4}) + k, seed, 0.05 - 0.005 * k))

@@ -21,6 +21,7 @@ LABELS = np.random.default_rng(0).integers(0, 2, N)
 RIGHT = np.arange(N) < 120  # the calibrated reference is right on these, at every seed
 MORE = AdapterSpec.make("more", {"nblocks": 4, "blk_r": 4})
 LORA = AdapterSpec.make("lora", {"r": 4})
+VERA = AdapterSpec.make("vera", {"r": 256})
 ADAPTERS = {"more": MORE, "lora": LORA, "head only": None, "calibrated": None}
 
 # arm -> lr -> split -> (gained, lost): examples the arm gets right where the reference is wrong, and the reverse;
@@ -74,6 +75,9 @@ def results(tmp_path_factory):
                     store.write(record_of(STUDY, *trial(arm, lr, seed)))
     failed = TrialConfig(kind="train", model="minilm", task="boolq", adapter=MORE, lr=1e-2, seed=0, steps=10)
     store.write(record_of(STUDY, failed, TrialResult.failure("Timeout", "ran past its limit")))
+    for lr in (1e-3, 4e-3):  # a method that cannot be built on the model fails at every rate
+        unbuilt = TrialConfig(kind="train", model="minilm", task="boolq", adapter=VERA, lr=lr, seed=0, steps=10)
+        store.write(record_of(STUDY, unbuilt, TrialResult.failure("AdapterBuildError", "no layer it supports")))
     return root
 
 
@@ -118,11 +122,11 @@ def test_summary_intervals_are_paired_and_at_the_chosen_rate(summary, results):
     assert more["trainable_params"] == 4608 + 770 and more["adapter_params"] == 4608
     assert more["chance_metric"] == 0.5
     written = pd.read_csv(results / STUDY / "analysis.csv")
-    assert sorted(written.columns) == sorted(summary.reset_index().columns) and len(written) == 4
+    assert sorted(written.columns) == sorted(summary.reset_index().columns) and len(written) == 5  # vera failed
 
 
 def test_an_arm_learns_only_beyond_two_paired_errors_over_the_stronger_reference(summary):
-    assert set(summary["stronger_reference"]) == {"calibrated"}  # it scores above the head-only control
+    assert set(summary["stronger_reference"].dropna()) == {"calibrated"}  # it scores above the head-only control
     more, lora = summary.loc[MORE.label], summary.loc[LORA.label]
     assert more["learns"] == 1 and more["vs_calibrated_metric"] > 2 * more["vs_calibrated_metric_se"]
     # lora is ahead of the calibrated model by less than 2 SE: it does not learn, although it clearly beats the
@@ -218,6 +222,18 @@ def test_analyse_command_writes_and_prints_the_table(capsys, results, monkeypatc
     monkeypatch.setattr(stats, "N_RESAMPLES", RESAMPLES)
     code, out, _ = run(capsys, "analyse", STUDY, "--results-dir", str(results))
     assert code == 0 and "learns" in out and MORE.label in out and "analysis.csv" in out
+
+
+def test_failed_trials_are_counted_with_their_reason_and_a_method_that_never_ran_keeps_its_row(summary, capsys,
+                                                                                                  results):
+    assert summary.at[MORE.label, "failed"] == 1 and summary.at[MORE.label, "error"] == "Timeout: ran past its limit"
+    assert summary.at[LORA.label, "failed"] == 0 and summary.at[LORA.label, "error"] == ""
+    vera = summary.loc[VERA.label]
+    assert vera["failed"] == 2 and vera["error"] == "AdapterBuildError: no layer it supports"
+    assert math.isnan(vera["test_metric"]) and pd.isna(vera["learns"])
+    text = analysis.format_summary(summary.reset_index())
+    assert f"{VERA.label:<32} failed: all 2 of its trials; AdapterBuildError: no layer it supports" in text
+    assert "1 trial(s) failed (Timeout: ran past its limit)" in text
 
 
 def test_arms_are_named_by_a_unique_part():

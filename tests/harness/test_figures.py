@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 import pytest
-from synthetic_studies import (LORA_RANKS, MORE_RANKS, counting_records, efficiency_records, rank_records,
-                               write_all_studies, write_study)
+from synthetic_studies import (LORA_RANKS, MORE_RANKS, counting_records, efficiency_records, in_turn_record,
+                               rank_records, write_all_studies, write_study)
 
 from harness import paper
 from harness.figures import cli, registry, style, tables
@@ -166,6 +166,16 @@ def test_a_training_study_draws_the_flops_its_counting_trials_measured(tmp_path,
     assert "batch 8," in title and "16" not in title.split("FLOPs:")[0]  # the budget is the training trials'
     bars = drawn[-1].axes[0].patches
     assert len(bars) == len(MORE_RANKS) + len(LORA_RANKS)  # one per configuration, no reference
+
+
+def test_a_training_study_draws_the_step_times_its_interleaved_trial_measured(tmp_path, drawn):
+    results = write_study(tmp_path / "results", rank_records(seeds=(0,)) + counting_records() + [in_turn_record()])
+    cost_panels(results, out_dir=tmp_path, costs=("time",))
+    title = drawn[-1]._suptitle.get_text().replace("\n", " ")
+    assert "timed in turn" in title and "median of 10 rounds" in title and "16 sequences of 64 tokens" in title
+    assert "trials ran at a time" not in title  # the training trials' own times are not the ones drawn
+    widths = sorted(round(bar.get_width()) for bar in drawn[-1].axes[0].patches)
+    assert widths == [500 + 100 * i for i in range(len(MORE_RANKS) + len(LORA_RANKS))]  # ms, one per configuration
 
 
 @pytest.mark.parametrize("cost", ["memory", "time", "params"])

@@ -224,8 +224,22 @@ def test_a_training_study_that_asks_for_flops_counts_them_once_per_configuration
     assert {(t.measure, t.batch, t.seq_len, t.seed, t.task) for t in counting} == {(("flops",), 2 * 5, 16, 1, None)}
     assert all(t in counted.search() and t in counted.at_rates({}) for t in counting)  # run in the first stage
     without_flops = load_study(study_file(tmp_path, text=TUNED.replace("tasks:", "measure: [params, time]\ntasks:")))
-    assert {t.id for t in training} == {t.id for t in without_flops.trials}  # asking for FLOPs reruns nothing
+    assert {t.id for t in training} == {t.id for t in without_flops.trials if t.kind == "train"}  # nothing reruns
     assert not any(t.kind == "measure" for t in plain.trials)
+
+
+def test_a_training_study_that_asks_for_time_times_its_configurations_in_turn_in_one_trial(tmp_path):
+    timed = load_study(study_file(tmp_path, text=TUNED.replace("tasks:", "measure: [params, time]\ntasks:")))
+    (in_turn,) = [t for t in timed.trials if t.kind == "interleaved"]
+    assert [a.label for a in in_turn.adapters] == ["more(blk_r=1,nblocks=4)", "more(blk_r=4,nblocks=4)",
+                                                   "lora(lora_alpha=8,r=4)"]  # each configuration once, in order
+    assert (in_turn.batch, in_turn.seq_len, in_turn.seed, in_turn.task) == (2 * 5, 16, 1, None)  # the step's shape
+    assert in_turn in timed.search() and not any(t.kind == "measure" for t in timed.trials)  # no FLOPs asked
+    kept = load_study(study_file(tmp_path, text=TUNED.replace("tasks:", "measure: [time]\ntasks:").replace(
+        "learning_rates: reference", "learning_rates: reference, arms: ['lora(lora_alpha=8,r=4)']")), profile="quick")
+    assert [[a.label for a in t.adapters] for t in kept.trials if t.kind == "interleaved"] == [["lora(lora_alpha=8,r=4)"]]
+    untimed = load_study(study_file(tmp_path, text=TUNED.replace("tasks:", "measure: [params]\ntasks:")))
+    assert not any(t.kind == "interleaved" for t in untimed.trials)
 
 
 def test_learning_rates_takes_validation_or_reference_only(tmp_path):
