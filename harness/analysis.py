@@ -24,7 +24,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from . import stats
-from .store import CALIBRATED, HEAD_ONLY, Store, final_values, load, write_atomically
+from .store import CALIBRATED, HEAD_ONLY, Store, final_values, load, trials_frame, write_atomically
 from .tasks import TASKS
 
 REFERENCES = (HEAD_ONLY, CALIBRATED)
@@ -192,7 +192,7 @@ def summarise(study: str, results_dir: Path | str | None = None,
 
 def failed_trials(store: Store) -> pd.DataFrame:
     """The study's training trials that did not finish (their records keep the reason: error_type, error)."""
-    trials = pd.read_csv(store.root / "trials.csv")
+    trials = trials_frame(list(store.records().values()))
     failed = trials[(trials["status"] != "ok") & trials["task"].notna()]
     return failed[failed["kind"] == "train"] if "kind" in failed else failed
 
@@ -204,9 +204,11 @@ def with_failures(table: pd.DataFrame, failed: pd.DataFrame) -> pd.DataFrame:
                if len(failed) else pd.Series(dtype=str))
     counts = (failed.assign(reason=reasons).groupby(GROUP, sort=True)
               .agg(failed=("trial_id", "size"), error=("reason", "first")).reset_index())
-    out = table.merge(counts, on=GROUP, how="outer", sort=False)
+    out = table.merge(counts, on=GROUP, how="outer")
     out["failed"] = out["failed"].fillna(0).astype(int)
     out["error"] = out["error"].fillna("")
+    counted = [c for c in ("rates", "seeds", "examples") if c in out]
+    out[counted] = out[counted].astype("Int64")  # a failed arm's empty cells made them floats
     return out
 
 
@@ -369,7 +371,7 @@ def format_summary(table: pd.DataFrame) -> str:
                                else "; no reference arm"))
         for arm in arms.itertuples(index=False):
             if pd.isna(arm.metric):
-                lines.append(f"  {arm.arm:<32} failed: all {arm.failed} of its trials; {arm.error}")
+                lines.append(f"  {arm.arm:<32} failed: all {arm.failed} of its trials; {first_line(arm.error)}")
                 continue
             line = (f"  {arm.arm:<32} lr {arm.lr:<8g} (best of {arm.rates} on validation), {arm.seeds} seeds, "
                     f"{arm.trainable_params:,.0f} trainable: {metric} {arm.test_metric:.4f} "
@@ -381,6 +383,12 @@ def format_summary(table: pd.DataFrame) -> str:
                 line += f"; {value:+.4f} (z {value / se if se else math.nan:.2f}): " + (
                     "learns" if arm.learns else f"does not learn (needs more than {stats.RESOLVED_SE:g} SE)")
             if arm.failed:
-                line += f"; {arm.failed} trial(s) failed ({arm.error})"
+                line += f"; {arm.failed} trial(s) failed ({first_line(arm.error)})"
             lines.append(line)
     return "\n".join(lines)
+
+
+def first_line(text: str, width: int = 160) -> str:
+    """An error's first line, cut to `width` characters (the whole reason stays in analysis.csv and the record)."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= width else line[:width - 3] + "..."

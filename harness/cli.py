@@ -100,7 +100,8 @@ def dry_run_table(trials: list[TrialConfig]) -> str:
         label = {"train": t.arm, "interleaved": f"step time of {len(t.adapters)} in turn"}.get(
             t.kind, spec.label if spec else "none")
         shape = f"{t.seq_len} x {t.batch}"
-        lines.append(f"{t.id:<16}  {t.model:<20} {str(t.task or '-'):<10} {label:<30} {shape:>11} {str(t.lr):>8} "
+        lr = str(t.lr) if t.kind == "train" else "-"  # a measure or interleaved trial trains nothing
+        lines.append(f"{t.id:<16}  {t.model:<20} {str(t.task or '-'):<10} {label:<30} {shape:>11} {lr:>8} "
                      f"{t.seed:>4} {count:>24}")
     return "\n".join(lines)
 

@@ -15,7 +15,9 @@ rate only. A profile with `learning_rates: reference` skips the search and runs 
 reference machine's results chose (results/reference/<study>); `arms: [...]` keeps only the arms named (as the
 results name them, e.g. `more(blk_r=1,nblocks=4)`) beside the references. A profile's other keys are TrialConfig's
 fields (besides `seeds`, `shapes` and `jobs`, which expand the grid or pace the runner), so they are checked as the
-trials are. Everything is checked before anything runs; an error names the file, the key and the reason.
+trials are. A training study whose `measure` names `flops` adds one counting (measure) trial per adapter
+configuration, and one whose `measure` names `time` one interleaved trial per step shape that times every
+configuration in turn (`_flop_trials`, `_timing_trials`); neither trains, and neither changes a training trial. Everything is checked before anything runs; an error names the file, the key and the reason.
 """
 from __future__ import annotations
 
@@ -255,7 +257,8 @@ def load_study(name_or_path: str, profile: str = "cpu") -> Study:
         counting = [t for t in counting if t.arm in arms]
     trials += counting if counts_flops else []
     if times_steps:
-        trials += _timing_trials(path, f"profiles.{profile}", counting)
+        trials += _timing_trials(path, f"profiles.{profile}", counting,
+                                 {k: budget[k] for k in ("repeats", "timing_warmup") if k in budget})
     return Study(raw["name"], raw.get("description", ""), path, raw, trials, jobs, learning_rates)
 
 
@@ -274,18 +277,20 @@ def _flop_trials(path, profile_key: str, points, model, task, given, seed, profi
             for p in configurations.values()]
 
 
-def _timing_trials(path, profile_key: str, counting: list[TrialConfig]) -> list[TrialConfig]:
-    """A training study that measures time also gets, per model and step shape, one interleaved trial: every adapter
-    configuration's training step timed in turn (A, B, C, A, B, C, ...) in one process, at the shape the counting
-    trials (`_flop_trials`) count, so that a machine shared with other trials slows all of them alike. The
+def _timing_trials(path, profile_key: str, counting: list[TrialConfig], timing: dict) -> list[TrialConfig]:
+    """A training study that measures time also gets, per step shape (the counting trials' settings but the
+    adapter), one interleaved trial: every adapter configuration's training step timed in turn (A, B, C, A, B, C,
+    ...) in one process, at the shape the counting trials (`_flop_trials`) count, so that a machine shared with
+    other trials slows all of them alike; `timing`: the profile's repeats and timing_warmup, if it sets them. The
     training trials' own step times (means over their runs) stay beside it."""
-    groups: dict[tuple, list[TrialConfig]] = {}
+    groups: dict[str, list[TrialConfig]] = {}
     for trial in counting:
-        groups.setdefault((trial.model, trial.batch, trial.seq_len), []).append(trial)
-    return [_trial(path, profile_key, **{**{f.name: getattr(group[0], f.name) for f in dataclasses.fields(TrialConfig)},
-                                         "kind": "interleaved", "adapter": None, "label": None, "measure": ["time"],
-                                         "adapters": tuple(t.adapter for t in group)})
-            for group in groups.values()]
+        groups.setdefault(dataclasses.replace(trial, adapter=None, label=None).id, []).append(trial)
+    try:
+        return [dataclasses.replace(group[0], kind="interleaved", adapter=None, label=None, measure=("time",),
+                                    adapters=tuple(t.adapter for t in group), **timing) for group in groups.values()]
+    except TrialConfigError as err:
+        raise StudyError(path, f"{profile_key}.{err.key}", err.reason) from None
 
 
 def _keep_arms(path: Path, key: str, trials: list[TrialConfig], arms: list) -> list[TrialConfig]:

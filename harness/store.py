@@ -34,6 +34,7 @@ THIS_MACHINE, REFERENCE_MACHINE = "this machine", "reference machine (2-core CPU
 METRIC_COLUMNS = ["trial_id", "metric", "value", "unit", "step", "scope", "note"]
 # The two reference arms of a training study (TrialConfig.arm), named here so that reading results needs no torch
 HEAD_ONLY, CALIBRATED = "head only", "calibrated"
+IN_TURN = "in turn"  # the arm of an interleaved trial: several adapters timed in turn, none trained
 EXAMPLE_COLUMNS = ["split", "example_id", "label", "prediction", "correct", "loss"]
 LEADING_TRIAL_COLUMNS = ["trial_id", "study", "status", "model", "task", "arm", "adapter", "label"]
 

@@ -26,7 +26,7 @@ from .adapters import AdapterSpec, make_adapter, method_of, parse_adapter
 from .hints import did_you_mean
 from .models import HEADS, POOLINGS, origin_of
 from .prompts import PROMPT_STYLES
-from .store import CALIBRATED, HEAD_ONLY
+from .store import CALIBRATED, HEAD_ONLY, IN_TURN
 from .tasks import TASKS
 
 # Part of every trial id: bump when what a config means changes, so that old results are not reused.
@@ -156,9 +156,12 @@ class TrialConfig:
     @property
     def arm(self) -> str:
         """What a study compares across learning rates and seeds: the adapter's label, or the reference a control is
-        (`head only`: the new head trains alone; `calibrated`: the untouched model with its head fitted)."""
+        (`head only`: the new head trains alone; `calibrated`: the untouched model with its head fitted), or `in turn`
+        for an interleaved trial, which times several adapters and trains none."""
         if self.calibrate:
             return CALIBRATED
+        if self.kind == "interleaved":
+            return IN_TURN
         return HEAD_ONLY if self.adapter is None else self.adapter.label
 
     def describe(self) -> str:

@@ -68,7 +68,7 @@ def cost_figure(results: pd.DataFrame, cost: str, out_dir, name: str) -> list[Pa
     if metric.startswith("flops") and is_training_study(results):
         captions.append(describe_counting(table))
     if in_turn is not None:
-        captions.append(describe_in_turn(results, metric))
+        captions.append(describe_in_turn(table, results))
     elif metric == "time_step_s":
         captions.append(describe_sharing(results))
         if notes_of(results, metric).startswith("mean"):
@@ -99,17 +99,22 @@ def draw_cost_facet(ax, facet, metric, scale, configs, colours, results, order) 
         ax.set_xticks([])
 
 
-def describe_in_turn(results: pd.DataFrame, metric: str) -> str:
-    """How an interleaved timing trial timed its adapters."""
-    timed = results[(results["kind"] == "interleaved") & (results["metric"] == metric)]
-    shape = f"{unique_text(timed, 'batch')} sequences of {unique_text(timed, 'seq_len')} tokens"
+def describe_in_turn(table: pd.DataFrame, results: pd.DataFrame) -> str:
+    """How the interleaved trials timed their adapters (`table`: `timed_in_turn`'s rows), and whether other trials
+    shared the machine meanwhile."""
+    rounds = notes_of(results[results["kind"] == "interleaved"], "time_step_s")  # "median of 10"
     return (f"time: every adapter's training step timed in turn (A, B, C, ..., A, B, C, ...) in one process, "
-            f"{notes_of(timed, metric) or 'median'} rounds each, {shape}, so that other work on the machine slows "
-            "all alike")
+            f"{rounds + ' rounds, ' if rounds else ''}{step_shape(table)}, so that other work on the machine slows "
+            f"all alike; {describe_sharing(results)}")
+
+
+def step_shape(table: pd.DataFrame) -> str:
+    """The training step a counting or interleaved trial ran: "24 sequences of 144 tokens"."""
+    return f"{unique_text(table, 'batch')} sequences of {unique_text(table, 'seq_len')} tokens"
 
 
 def describe_counting(table: pd.DataFrame) -> str:
     """How a training study's counting trials (harness.spec) counted: the step's shape they ran."""
-    shape = f"{unique_text(table, 'batch')} sequences of {unique_text(table, 'seq_len')} tokens"
+    shape = step_shape(table)
     return (f"FLOPs: counted by torch's FLOP counter on one training step of each adapter, no training: {shape} "
             "(each example as many sequences as its task's scoring puts through the model, padded); FFTs count zero")

@@ -116,21 +116,24 @@ def per_trial(results: pd.DataFrame, metrics, step: int | None = None) -> pd.Dat
 
 
 def timed_in_turn(results: pd.DataFrame, metrics) -> pd.DataFrame | None:
-    """A training study's interleaved timing trials (harness.spec) as one row per source and adapter: the columns
-    of the adapter's counting trial (same model and step shape), and the values the interleaved trial measured for
-    it (its rows scoped by the adapter's label, which is the counting trial's arm). None unless every source
-    has such a trial."""
+    """A training study's interleaved timing trials (harness.spec) as one row per source, trial and adapter: the
+    values the trial measured for the adapter (its rows scoped by the adapter's arm), the trial's model and step
+    shape, and the adapter's configuration columns from another trial of that arm. None when a source has no
+    such trial, or a timed arm has no other trial to name it by: the training trials' own times serve then."""
     if "kind" not in results:
         return None
     keys = [SOURCE] if SOURCE in results else []
     timed = results[(results["kind"] == "interleaved") & results["metric"].isin(list(metrics)) & results["step"].isna()]
     if timed.empty or set(sources(timed)) != set(sources(results)):
         return None
-    wide = timed.groupby(keys + ["model", "scope", "metric"])["value"].first().unstack()
+    wide = timed.groupby(keys + ["trial_id", "scope", "metric"])["value"].first().unstack()
     wide = wide.reindex(columns=list(metrics)).reset_index().rename(columns={"scope": "arm"})
-    counting = results[results["kind"] == "measure"].drop_duplicates(keys + ["model", "arm"])
-    counting = counting[[c for c in counting.columns if c not in METRIC_COLUMNS]]
-    return counting.merge(wide, on=keys + ["model", "arm"], how="inner")
+    shape = timed.drop_duplicates(keys + ["trial_id"])[keys + ["trial_id", "model", "kind", "batch", "seq_len"]]
+    arms = results[(results["kind"] != "interleaved") & results["arm"].isin(set(wide["arm"]))]
+    arms = arms.drop_duplicates(keys + ["model", "arm"])
+    arms = arms[[c for c in arms.columns if c not in [*METRIC_COLUMNS, "kind", "batch", "seq_len"]]]
+    table = wide.merge(shape, on=keys + ["trial_id"]).merge(arms, on=keys + ["model", "arm"])
+    return table if len(table) == len(wide) else None
 
 
 def notes_of(results: pd.DataFrame, metric: str) -> str:

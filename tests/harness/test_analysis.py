@@ -234,6 +234,7 @@ def test_failed_trials_are_counted_with_their_reason_and_a_method_that_never_ran
     text = analysis.format_summary(summary.reset_index())
     assert f"{VERA.label:<32} failed: all 2 of its trials; AdapterBuildError: no layer it supports" in text
     assert "1 trial(s) failed (Timeout: ran past its limit)" in text
+    assert f"{MORE.label:<32} lr 0.001    (best of 2 on validation), 3 seeds," in text  # counts stay integers
 
 
 def test_arms_are_named_by_a_unique_part():

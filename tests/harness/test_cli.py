@@ -1,11 +1,12 @@
 """The command line, in this process: list, dry runs, a quick measurement, and bad input that ends
 with a message and exit status 2, never a traceback or a question to the hub."""
+import argparse
 import json
 
 import pytest
 import transformers
 
-from harness.cli import main
+from harness.cli import build_parser, main
 
 
 def run(capsys, *argv):
@@ -31,8 +32,8 @@ def test_list_names_studies_models_tasks_and_adapters(capsys):
         assert name in out, name
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["measure"], ["compare"], ["compare-arms"], ["analyse"],
-                                     ["figures"], ["list"]])
+@pytest.mark.parametrize("command", [[], *([name] for name in next(
+    action for action in build_parser()._actions if isinstance(action, argparse._SubParsersAction)).choices)])
 def test_every_help_prints_and_exits_0(capsys, command):
     with pytest.raises(SystemExit) as stop:
         main([*command, "--help"])
@@ -67,6 +68,8 @@ def test_dry_run_says_which_knob_value_each_method_was_matched_at(capsys):
     assert row("boft", "boft_block_size=2")[-3:] == ["20,736", *more]
     assert row("DoRA", "r=1,use_dora=True")[-3:] == ["20,736", *more]  # LoRA r 1 and 18 magnitude vectors of 384
     assert row("ia3")[-4:] == ["own", "size", "6,912", "-"]  # no knob, matched to nothing
+    (in_turn,) = [line for line in out.split("trial_id")[1].splitlines() if "in turn" in line]
+    assert "step time of 11 in turn" in in_turn and "144 x 24" in in_turn  # 8 questions x 3 options, at 144 tokens
     methods = {line.split()[1] for line in plan if line.strip().startswith("adapters[")}
     assert methods == {"more", "lora", "vera", "boft", "oft", "loha", "lokr", "fourierft", "ia3", "c3a"}
 

@@ -168,14 +168,18 @@ def test_a_training_study_draws_the_flops_its_counting_trials_measured(tmp_path,
     assert len(bars) == len(MORE_RANKS) + len(LORA_RANKS)  # one per configuration, no reference
 
 
-def test_a_training_study_draws_the_step_times_its_interleaved_trial_measured(tmp_path, drawn):
-    results = write_study(tmp_path / "results", rank_records(seeds=(0,)) + counting_records() + [in_turn_record()])
+@pytest.mark.parametrize("counted", [True, False], ids=["beside counting trials", "training trials only"])
+def test_a_training_study_draws_the_step_times_its_interleaved_trial_measured(tmp_path, drawn, counted):
+    others = counting_records() if counted else []  # the arms are named by whichever trials ran them
+    results = write_study(tmp_path / "results", rank_records(seeds=(0,)) + others + [in_turn_record()])
     cost_panels(results, out_dir=tmp_path, costs=("time",))
     title = drawn[-1]._suptitle.get_text().replace("\n", " ")
     assert "timed in turn" in title and "median of 10 rounds" in title and "16 sequences of 64 tokens" in title
-    assert "trials ran at a time" not in title  # the training trials' own times are not the ones drawn
-    widths = sorted(round(bar.get_width()) for bar in drawn[-1].axes[0].patches)
-    assert widths == [500 + 100 * i for i in range(len(MORE_RANKS) + len(LORA_RANKS))]  # ms, one per configuration
+    assert "mean step time over the run" not in title  # the training trials' own times are not the ones drawn
+    ax = drawn[-1].axes[0]
+    drawn_ms = {tick.get_text(): round(bar.get_width()) for tick, bar in zip(ax.get_yticklabels(), ax.patches)}
+    assert drawn_ms == {"MoRe k=4 r=1": 500, "MoRe k=4 r=2": 600, "MoRe k=4 r=4": 700, "LoRA r=2": 800,
+                        "LoRA r=4": 900}  # each configuration at its own time, in ms
 
 
 @pytest.mark.parametrize("cost", ["memory", "time", "params"])
