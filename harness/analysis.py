@@ -24,7 +24,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from . import stats
-from .store import CALIBRATED, HEAD_ONLY, Store, final_values, load, trials_frame, write_atomically
+from .store import CALIBRATED, HEAD_ONLY, Store, final_values, load, write_atomically
 from .tasks import TASKS
 
 REFERENCES = (HEAD_ONLY, CALIBRATED)
@@ -192,7 +192,7 @@ def summarise(study: str, results_dir: Path | str | None = None,
 
 def failed_trials(store: Store) -> pd.DataFrame:
     """The study's training trials that did not finish (their records keep the reason: error_type, error)."""
-    trials = trials_frame(list(store.records().values()))
+    trials = store.trials()
     failed = trials[(trials["status"] != "ok") & trials["task"].notna()]
     return failed[failed["kind"] == "train"] if "kind" in failed else failed
 

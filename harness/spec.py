@@ -17,7 +17,8 @@ results name them, e.g. `more(blk_r=1,nblocks=4)`) beside the references. A prof
 fields (besides `seeds`, `shapes` and `jobs`, which expand the grid or pace the runner), so they are checked as the
 trials are. A training study whose `measure` names `flops` adds one counting (measure) trial per adapter
 configuration, and one whose `measure` names `time` one interleaved trial per step shape that times every
-configuration in turn (`_flop_trials`, `_timing_trials`); neither trains, and neither changes a training trial. Everything is checked before anything runs; an error names the file, the key and the reason.
+configuration in turn (`_flop_trials`, `_timing_trials`); neither trains, and neither changes a training trial.
+Everything is checked before anything runs; an error names the file, the key and the reason.
 """
 from __future__ import annotations
 

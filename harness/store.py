@@ -83,6 +83,13 @@ class Store:
                 out[record["trial_id"]] = record
         return out
 
+    def trials(self) -> pd.DataFrame:
+        """trials.csv: one row per trial, finished or failed."""
+        if not (self.root / "trials.csv").exists():
+            raise FileNotFoundError(f"No results for study {self.study!r} under {self.root}. Run `python -m harness run "
+                                    f"{self.study}` first.")
+        return pd.read_csv(self.root / "trials.csv")
+
     def status(self) -> dict[str, str]:
         return {trial_id: r["status"] for trial_id, r in self.records().items()}
 
@@ -170,11 +177,9 @@ def reference_beside(results_dir: Path | str | None = None) -> Path | None:
 
 def load(study: str, results_dir: Path | str | None = None) -> pd.DataFrame:
     """The study's measurements joined with its trials' config columns: one row per measurement."""
-    root = Path(results_dir or RESULTS_DIR) / study
-    if not (root / "trials.csv").exists():
-        raise FileNotFoundError(f"No results for study {study!r} under {root}. Run `python -m harness run {study}` first.")
-    trials = pd.read_csv(root / "trials.csv")
-    metrics = pd.read_csv(root / "metrics.csv", dtype={"scope": str, "note": str})
+    store = Store(study, results_dir)
+    trials = store.trials()
+    metrics = pd.read_csv(store.root / "metrics.csv", dtype={"scope": str, "note": str})
     metrics["scope"] = metrics["scope"].fillna("")
     metrics["note"] = metrics["note"].fillna("")
     return metrics.merge(trials, on="trial_id", how="left")
